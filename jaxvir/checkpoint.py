@@ -1,0 +1,73 @@
+"""Atomic, resumable checkpoints: the last k and the best by the monitored metric.
+
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
+run killed mid-save leaves the previous checkpoints intact and the partial one is ignored.
+A checkpoint holds the `TrainState`, the loop's JSON state (epoch, early stopping, plateau,
+best metric) and the data iterator's position.
+"""
+
+import pathlib
+
+import grain
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+STATE = "state"
+LOOP = "loop"
+DATA = "data"
+
+
+def manager(
+  directory: str | pathlib.Path, *, keep: int, best_mode: str | None = None, read_only=False
+) -> ocp.CheckpointManager:
+  """A `CheckpointManager` keeping the last `keep` checkpoints and the best one.
+
+  Args:
+    directory: where checkpoints go (`WORKDIR/checkpoints`).
+    keep: how many of the latest checkpoints to keep.
+    best_mode: "max" or "min" to also keep the checkpoint with the best `metrics["monitor"]`
+      given to `save`; None keeps only the latest.
+    read_only: open existing checkpoints without creating or deleting anything.
+
+  Returns:
+    The manager; save with `save(manager, ...)`, restore with `restore(manager, ...)`.
+  """
+  kept = [policies.LatestN(n=keep)]
+  if best_mode is not None:
+    kept.append(
+      policies.BestN(get_metric_fn=lambda m: m["monitor"], reverse=best_mode == "min", n=1)
+    )
+  options = ocp.CheckpointManagerOptions(
+    preservation_policy=policies.AnyPreservationPolicy(kept), create=not read_only,
+    read_only=read_only,
+  )
+  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+
+
+def save(mngr, step: int, *, state, loop: dict, data_iterator=None, monitor=None) -> None:
+  """Saves a checkpoint (asynchronously; `mngr.wait_until_finished()` waits for it)."""
+  items = {STATE: ocp.args.StandardSave(state), LOOP: ocp.args.JsonSave(loop)}
+  if data_iterator is not None:
+    items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+  metrics = None if monitor is None else {"monitor": float(monitor)}
+  mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+
+
+def restore(mngr, step: int, *, abstract_state, data_iterator=None):
+  """Restores checkpoint `step` into the shapes and shardings of `abstract_state`.
+
+  Args:
+    mngr: the manager.
+    step: the checkpoint's step.
+    abstract_state: `jax.ShapeDtypeStruct`s (with shardings) of the state, e.g. from
+      `jax.eval_shape`.
+    data_iterator: a grain iterator whose position is restored in place, if given.
+
+  Returns:
+    `(state, loop)`: the restored state and the loop's JSON state.
+  """
+  items = {STATE: ocp.args.StandardRestore(abstract_state), LOOP: ocp.args.JsonRestore()}
+  if data_iterator is not None:
+    items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  return restored[STATE], restored[LOOP]

@@ -1,0 +1,24 @@
+"""Data pipelines: sources registered by name, seeded splits, grain iterators and augmentation.
+
+Example:
+
+  >>> from jaxvir import data
+  >>> ds = data.build(data.default_config(), seed=0)
+  >>> print(ds.description)  # says loudly which data is used
+  >>> it = data.train_iterator(ds, batch_size=32, seed=0)
+"""
+
+from jaxvir.data.augment import AugmentOptions, device_augment, device_flip_rot90, device_random_crop
+from jaxvir.data.pipeline import (
+  Dataset,
+  build,
+  default_config,
+  eval_batches,
+  num_eval_batches,
+  steps_per_epoch,
+  train_iterator,
+)
+from jaxvir.data.sources import ArraySource, Source, names, register
+
+# Importing a source module registers its sources.
+from jaxvir.data import folder_builder, synthetic_shapes  # noqa: E402,F401,I001

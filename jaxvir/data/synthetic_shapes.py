@@ -1,0 +1,135 @@
+"""The embedded data set: class-conditional shapes and textures generated from a seed.
+
+Four classes: a filled disc, a rotated square, a rotated triangle and a field of stripes, each with
+random position, size, orientation, colours and Gaussian noise. The foreground and background
+always differ in brightness, so the classes stay separable in grey scale. A small CNN learns them
+to above 95% validation accuracy in about a minute on a 2-core CPU.
+
+Example:
+
+  >>> images, labels = generate(num_examples=8, image_size=(32, 32), channels=3, seed=0)
+  >>> images.shape, images.dtype, labels[:4]
+  ((8, 32, 32, 3), dtype('uint8'), array([...], dtype=int32))
+"""
+
+import ml_collections
+import numpy as np
+
+from jaxvir.data.sources import ArraySource, Source, register
+
+CLASS_NAMES = ("disc", "square", "triangle", "stripes")
+# Minimum brightness difference (0..1) between shape and background.
+_MIN_CONTRAST = 0.3
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+  """ITU-R 601 luma, the weights PIL uses for `convert("L")`."""
+  return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+def _colour_pairs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """Foreground and background RGB colours in [0, 1] whose lumas differ by >= _MIN_CONTRAST."""
+  background = rng.uniform(0.0, 1.0, (n, 3))
+  foreground = rng.uniform(0.0, 1.0, (n, 3))
+  # Shift the foreground's brightness away from the background's where the two are too close.
+  gap = _grey(foreground) - _grey(background)
+  direction = np.where(gap >= 0, 1.0, -1.0)
+  direction = np.where(_grey(background) + direction * _MIN_CONTRAST > 1.0, -1.0, direction)
+  direction = np.where(_grey(background) + direction * _MIN_CONTRAST < 0.0, 1.0, direction)
+  target = _grey(background) + direction * rng.uniform(_MIN_CONTRAST, 0.6, n)
+  foreground = np.clip(foreground + (target - _grey(foreground))[:, None], 0.0, 1.0)
+  return foreground, background
+
+
+def shape_masks(
+  labels: np.ndarray, rng: np.random.Generator, *, image_size: tuple[int, int]
+) -> np.ndarray:
+  """Boolean (N, H, W) foreground masks: one random shape of class `labels[i]` per image."""
+  n = len(labels)
+  height, width = image_size
+  side = min(height, width)
+  # Pixel centres in units of the shorter side, centred on the image centre.
+  y = (np.arange(height) + 0.5 - height / 2) / side
+  x = (np.arange(width) + 0.5 - width / 2) / side
+  y, x = y[None, :, None], x[None, None, :]
+
+  radius = rng.uniform(0.16, 0.32, n)[:, None, None]
+  centre_y = rng.uniform(-0.5, 0.5, n)[:, None, None] * (height / side - 2 * radius)
+  centre_x = rng.uniform(-0.5, 0.5, n)[:, None, None] * (width / side - 2 * radius)
+  angle = rng.uniform(0.0, 2 * np.pi, n)[:, None, None]
+  dy, dx = y - centre_y, x - centre_x
+  # Coordinates in each shape's rotated frame.
+  u = np.cos(angle) * dx + np.sin(angle) * dy
+  v = -np.sin(angle) * dx + np.cos(angle) * dy
+
+  disc = u**2 + v**2 <= radius**2
+  square = np.maximum(np.abs(u), np.abs(v)) <= radius * 0.8
+  # Equilateral triangle inscribed in the circle: three half-planes at 120 degrees.
+  triangle = np.ones_like(disc)
+  for k in range(3):
+    theta = 2 * np.pi * k / 3
+    triangle &= np.cos(theta) * u + np.sin(theta) * v <= radius / 2
+  period = rng.uniform(0.12, 0.25, n)[:, None, None]
+  phase = rng.uniform(0.0, 1.0, n)[:, None, None]
+  stripes = np.mod(u / period + phase, 1.0) < 0.5
+
+  masks = np.stack([disc, square, triangle, stripes])
+  return masks[labels, np.arange(n)]
+
+
+def generate(
+  *, num_examples: int, image_size: tuple[int, int], channels: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Generates the shapes data set deterministically from `seed`.
+
+  Args:
+    num_examples: number of images; classes are balanced to within one image.
+    image_size: (height, width) in pixels.
+    channels: 1 for grey images, 3 for colour.
+    seed: the only source of randomness.
+
+  Returns:
+    images uint8 (N, H, W, channels) and labels int32 (N,) indexing `CLASS_NAMES`.
+  """
+  if channels not in (1, 3):
+    raise ValueError(f"config.data.channels must be 1 or 3, got {channels}")
+  rng = np.random.default_rng(seed)
+  labels = rng.permutation(np.arange(num_examples) % len(CLASS_NAMES)).astype(np.int32)
+  masks = shape_masks(labels, rng, image_size=tuple(image_size))
+  foreground, background = _colour_pairs(rng, num_examples)
+  if channels == 1:
+    foreground, background = _grey(foreground)[:, None], _grey(background)[:, None]
+  pixels = np.where(
+    masks[..., None], foreground[:, None, None, :], background[:, None, None, :]
+  )
+  noise_level = rng.uniform(0.0, 0.08, num_examples)[:, None, None, None]
+  pixels = pixels + noise_level * rng.standard_normal(pixels.shape)
+  images = np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
+  return images, labels
+
+
+@register("synthetic_shapes")
+def build_synthetic_shapes(data_config: ml_collections.ConfigDict, *, seed: int) -> Source:
+  """The embedded shapes at `data_config.image_size` and `.channels`, `.num_synthetic` images.
+
+  Args:
+    data_config: `config.data`.
+    seed: generates the images.
+
+  Returns:
+    an `ArraySource` whose description says loudly that synthetic data is used.
+  """
+  image_size = tuple(data_config.image_size)
+  images, labels = generate(
+    num_examples=data_config.num_synthetic,
+    image_size=image_size,
+    channels=data_config.channels,
+    seed=seed,
+  )
+  description = (
+    f"EMBEDDED SYNTHETIC SHAPES, not your data (config.data.dir is not set): "
+    f"{len(images)} generated images of {', '.join(CLASS_NAMES)} at "
+    f"{image_size[0]}x{image_size[1]}x{data_config.channels}, seed {seed}. "
+    f"Set config.data.dir to a folder with one subfolder per class to train on your images."
+  )
+  return ArraySource(images, labels, class_names=CLASS_NAMES, description=description)

@@ -1,0 +1,296 @@
+"""DenseNet-121/169/201 as in torchvision and Keras applications, with their weight rule tables.
+
+Both sources share the architecture (growth rate 32, bottleneck width 128, 64 stem features,
+transitions halving the channels, symmetric padding); they differ in BatchNorm epsilon and
+momentum (torchvision 1e-5 and 0.1, Keras 1.001e-5 and 0.99). Both preprocess the same way
+(Keras' "torch" mode is torchvision's ImageNet normalisation).
+
+Parameter paths: `stem/{conv,bn}`, `dense{1..4}/layer{i}/{bn1,conv1,bn2,conv2}`,
+`transition{1..3}/{bn,conv}`, `final_bn` (the BatchNorm after the last dense block, part of the
+backbone) and `head` (the final linear layer).
+
+A dense layer reads the concatenation of all earlier feature maps of its block. The layer
+concatenates inside its own call, so XLA fuses the concatenation into the first BatchNorm and
+ReLU, and with `remat=True` only the individual maps are kept for the backward pass (the
+memory-efficient DenseNet of Pleiss et al., 2017).
+
+Example:
+
+  >>> from flax import nnx
+  >>> from jaxvir import models
+  >>> model = models.create("densenet201", num_classes=14, rngs=nnx.Rngs(0))
+  >>> model.eval()
+  >>> logits = model(model.preprocess(images_uint8))
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxvir import convert
+from jaxvir.models import layers, registry
+from jaxvir.models.resnet import check_variant
+
+BLOCK_LAYERS = {
+  "densenet121": (6, 12, 24, 16),
+  "densenet169": (6, 12, 32, 32),
+  "densenet201": (6, 12, 48, 32),
+}
+GROWTH_RATE = 32
+BOTTLENECK_WIDTH = 4 * GROWTH_RATE
+STEM_FEATURES = 64
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 average pooling with stride 2 over NHWC maps; an odd last row or column is dropped.
+
+  Example:
+
+    >>> avg_pool_2x2(jnp.ones((1, 5, 5, 3))).shape
+    (1, 2, 2, 3)
+  """
+  n, height, width, c = x.shape
+  x = x[:, : height // 2 * 2, : width // 2 * 2]
+  x = x.reshape(n, height // 2, 2, width // 2, 2, c)
+  return jnp.mean(x, axis=(2, 4), dtype=jnp.float32).astype(x.dtype)
+
+
+class Stem(nnx.Module):
+  """7x7 stride-2 convolution, BatchNorm, ReLU and 3x3 stride-2 max pooling."""
+
+  def __init__(self, *, variant: str, dtype, rngs: nnx.Rngs):
+    self.conv = layers.conv2d(
+      3, STEM_FEATURES, 7, stride=2, padding=3, use_bias=False, dtype=dtype, rngs=rngs
+    )
+    self.bn = layers.batch_norm(STEM_FEATURES, source=variant, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jax.nn.relu(self.bn(self.conv(x)))
+    # After the ReLU, Keras' zero padding before its max pooling equals torch's -inf padding.
+    return layers.max_pool(x, window=3, stride=2, padding=1)
+
+
+class DenseLayer(nnx.Module):
+  """BatchNorm, ReLU, 1x1 convolution to 128 maps, BatchNorm, ReLU, 3x3 convolution to 32."""
+
+  def __init__(self, in_features: int, *, variant: str, dtype, rngs: nnx.Rngs):
+    self.bn1 = layers.batch_norm(in_features, source=variant, rngs=rngs)
+    self.conv1 = layers.conv2d(
+      in_features, BOTTLENECK_WIDTH, 1, use_bias=False, dtype=dtype, rngs=rngs
+    )
+    self.bn2 = layers.batch_norm(BOTTLENECK_WIDTH, source=variant, rngs=rngs)
+    self.conv2 = layers.conv2d(
+      BOTTLENECK_WIDTH, GROWTH_RATE, 3, padding=1, use_bias=False, dtype=dtype, rngs=rngs
+    )
+
+  def __call__(self, features: list[jax.Array]) -> jax.Array:
+    x = jnp.concatenate(features, axis=-1)
+    x = self.conv1(jax.nn.relu(self.bn1(x)))
+    return self.conv2(jax.nn.relu(self.bn2(x)))
+
+
+class DenseBlock(nnx.Module):
+  """Dense layers `layer0`, `layer1`, ...; each adds 32 maps that all later layers read."""
+
+  def __init__(self, in_features: int, *, num_layers: int, variant: str, dtype, remat, rngs):
+    self.num_layers = num_layers
+    self.remat = remat
+    for index in range(num_layers):
+      layer = DenseLayer(in_features + index * GROWTH_RATE, variant=variant, dtype=dtype, rngs=rngs)
+      setattr(self, f"layer{index}", layer)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    call = layers.remat_call_block if self.remat else layers.call_block
+    features = [x]
+    for index in range(self.num_layers):
+      features.append(call(getattr(self, f"layer{index}"), features))
+    return jnp.concatenate(features, axis=-1)
+
+
+class Transition(nnx.Module):
+  """BatchNorm, ReLU, 1x1 convolution halving the channels, 2x2 average pooling."""
+
+  def __init__(self, in_features: int, *, variant: str, dtype, rngs: nnx.Rngs):
+    self.bn = layers.batch_norm(in_features, source=variant, rngs=rngs)
+    self.conv = layers.conv2d(
+      in_features, in_features // 2, 1, use_bias=False, dtype=dtype, rngs=rngs
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return avg_pool_2x2(self.conv(jax.nn.relu(self.bn(x))))
+
+
+class DenseNet(layers.Staged):
+  """DenseNet-BC; stages `stem`, `dense1`, `transition1`, ..., `dense4`, `head`.
+
+  `head` applies `final_bn` and a ReLU, averages over space and applies the linear classifier;
+  without a classifier (`num_classes=None`) it returns the pooled features (1024 for
+  DenseNet-121, 1664 for 169, 1920 for 201). Logits are float32.
+  """
+
+  def __init__(
+    self,
+    *,
+    block_layers: tuple[int, ...],
+    num_classes: int | None,
+    variant: str,
+    dtype,
+    remat: bool,
+    rngs: nnx.Rngs,
+  ):
+    check_variant(variant)
+    self.variant = variant
+    self.dtype = dtype
+    self.preprocessing = "torch"
+    self.stem = Stem(variant=variant, dtype=dtype, rngs=rngs)
+    features = STEM_FEATURES
+    stage_names = ["stem"]
+    for index, num_layers in enumerate(block_layers, start=1):
+      block = DenseBlock(
+        features, num_layers=num_layers, variant=variant, dtype=dtype, remat=remat, rngs=rngs
+      )
+      setattr(self, f"dense{index}", block)
+      stage_names.append(f"dense{index}")
+      features += num_layers * GROWTH_RATE
+      if index < len(block_layers):
+        setattr(
+          self, f"transition{index}", Transition(features, variant=variant, dtype=dtype, rngs=rngs)
+        )
+        stage_names.append(f"transition{index}")
+        features //= 2
+    self.final_bn = layers.batch_norm(features, source=variant, rngs=rngs)
+    self.num_features = features
+    self.head = (
+      layers.linear(features, num_classes, dtype=dtype, rngs=rngs) if num_classes else None
+    )
+    self.stage_names = (*stage_names, "head")
+
+  def run_stage(self, name: str, x: jax.Array) -> jax.Array:
+    if name == "stem":
+      return self.stem(x.astype(self.dtype))
+    if name == "head":
+      features = layers.global_avg_pool(jax.nn.relu(self.final_bn(x)))
+      return features if self.head is None else self.head(features).astype(jnp.float32)
+    return getattr(self, name)(x)
+
+
+def _factory(arch: str):
+  def factory(
+    *,
+    num_classes: int | None = 1000,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    variant: str = "torchvision",
+    remat: bool = False,
+  ) -> DenseNet:
+    return DenseNet(
+      block_layers=BLOCK_LAYERS[arch],
+      num_classes=num_classes,
+      variant=variant,
+      dtype=dtype,
+      remat=remat,
+      rngs=rngs,
+    )
+
+  factory.__name__ = arch
+  factory.__doc__ = f"""{arch}: dense blocks of {BLOCK_LAYERS[arch]} layers, torchvision or Keras.
+
+  Args:
+    num_classes: classes of the linear head; None for no head (pooled features).
+    rngs: random streams for initialisation.
+    dtype: compute dtype (parameters and BatchNorm stay float32).
+    variant: `"torchvision"` or `"keras"`: the weight source whose BatchNorm to follow.
+    remat: rematerialise each dense layer (concatenation included) in the backward pass.
+
+  Returns:
+    A `DenseNet` in training mode; call `model.eval()` for inference.
+
+  Example:
+
+    >>> model = {arch}(num_classes=3, rngs=nnx.Rngs(0), remat=True)
+  """
+  return factory
+
+
+for _arch in BLOCK_LAYERS:
+  registry.register(_arch)(_factory(_arch))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule tables
+
+
+def _layer_paths(block_layers: tuple[int, ...]):
+  for block, num_layers in enumerate(block_layers, start=1):
+    for layer in range(num_layers):
+      yield block, layer, f"dense{block}/layer{layer}"
+
+
+def torchvision_rules(arch: str) -> convert.RuleTable:
+  """torchvision DenseNet state dict (`features.denseblock1.denselayer1.norm1`, ...) to jaxvir."""
+  block_layers = BLOCK_LAYERS[arch]
+  rules = [*convert.torch_conv("features.conv0", "stem/conv")]
+  rules += convert.torch_batch_norm("features.norm0", "stem/bn")
+  for block, layer, path in _layer_paths(block_layers):
+    source = f"features.denseblock{block}.denselayer{layer + 1}"
+    for k in (1, 2):
+      rules += convert.torch_batch_norm(f"{source}.norm{k}", f"{path}/bn{k}")
+      rules += convert.torch_conv(f"{source}.conv{k}", f"{path}/conv{k}")
+  for block in range(1, len(block_layers)):
+    rules += convert.torch_batch_norm(f"features.transition{block}.norm", f"transition{block}/bn")
+    rules += convert.torch_conv(f"features.transition{block}.conv", f"transition{block}/conv")
+  rules += convert.torch_batch_norm("features.norm5", "final_bn")
+  return convert.RuleTable(
+    variant="torchvision",
+    preprocessing="torch",
+    rules=tuple(rules),
+    head=convert.torch_linear("classifier", "head"),
+    ignore=convert.TORCH_IGNORE,
+  )
+
+
+# Old torchvision `.pth` files name a dense layer's modules `norm.1`, `conv.2`, ... (torchvision's
+# own loader renames them with this pattern).
+LEGACY_TORCHVISION_KEY = re.compile(
+  r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def rename_legacy_torchvision_keys(tensors: dict) -> dict:
+  """Renames old torchvision DenseNet keys (`denselayer1.norm.1.weight` -> `...norm1.weight`).
+
+  Example:
+
+    >>> rename_legacy_torchvision_keys({"features.denseblock1.denselayer1.conv.2.weight": w})
+    {'features.denseblock1.denselayer1.conv2.weight': w}
+  """
+  return {LEGACY_TORCHVISION_KEY.sub(r"\1\2", name): array for name, array in tensors.items()}
+
+
+def keras_rules(arch: str) -> convert.RuleTable:
+  """Keras applications DenseNet layers (`conv2_block1_0_bn`, `pool2_conv`, `bn`) to jaxvir."""
+  block_layers = BLOCK_LAYERS[arch]
+  rules = [*convert.keras_conv("conv1_conv", "stem/conv", bias=False)]
+  rules += convert.keras_batch_norm("conv1_bn", "stem/bn")
+  for block, layer, path in _layer_paths(block_layers):
+    source = f"conv{block + 1}_block{layer + 1}"
+    for k in (1, 2):
+      rules += convert.keras_batch_norm(f"{source}_{k - 1}_bn", f"{path}/bn{k}")
+      rules += convert.keras_conv(f"{source}_{k}_conv", f"{path}/conv{k}", bias=False)
+  for block in range(1, len(block_layers)):
+    rules += convert.keras_batch_norm(f"pool{block + 1}_bn", f"transition{block}/bn")
+    rules += convert.keras_conv(f"pool{block + 1}_conv", f"transition{block}/conv", bias=False)
+  rules += convert.keras_batch_norm("bn", "final_bn")
+  return convert.RuleTable(
+    variant="keras",
+    preprocessing="torch",
+    rules=tuple(rules),
+    head=convert.keras_dense("predictions", "head"),
+  )
+
+
+for _arch in BLOCK_LAYERS:
+  convert.register_rules(_arch, "torchvision")(lambda a=_arch: torchvision_rules(a))
+  convert.register_rules(_arch, "keras")(lambda a=_arch: keras_rules(a))

@@ -1,0 +1,76 @@
+"""A small CNN for quick runs and tests: conv-BN-ReLU blocks, global pooling, dropout, linear head."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxvir.models.registry import register
+
+
+class ConvBlock(nnx.Module):
+  """3x3 convolution, BatchNorm, ReLU and 2x2 max pooling."""
+
+  def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(
+      in_features, out_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=dtype,
+      rngs=rngs,
+    )
+    self.norm = nnx.BatchNorm(out_features, momentum=0.9, dtype=jnp.float32, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.norm(self.conv(x)).astype(x.dtype)
+    return nnx.max_pool(jax.nn.relu(x), (2, 2), strides=(2, 2))
+
+
+class SmallCNN(nnx.Module):
+  """A few `ConvBlock`s, global average pooling, dropout and a linear head.
+
+  Parameter groups for freezing: `blocks/0`, `blocks/1`, ..., `head`.
+  """
+
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    in_channels: int,
+    widths: Sequence[int],
+    dropout: float,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
+    self.dtype = dtype
+    channels = (in_channels, *widths)
+    self.blocks = nnx.List(
+      [ConvBlock(i, o, dtype=dtype, rngs=rngs) for i, o in zip(channels, channels[1:])]
+    )
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.head = nnx.Linear(channels[-1], num_classes, dtype=dtype, rngs=rngs)
+
+  def preprocess(self, images: jax.Array) -> jax.Array:
+    """Scales uint8 images to [0, 1] in the compute dtype."""
+    return images.astype(self.dtype) / 255.0
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for block in self.blocks:
+      x = block(x)
+    x = self.dropout(jnp.mean(x, axis=(1, 2)))
+    return self.head(x)
+
+
+@register("small_cnn")
+def small_cnn(
+  *,
+  num_classes: int,
+  rngs: nnx.Rngs,
+  in_channels: int = 3,
+  widths: Sequence[int] = (16, 32, 64),
+  dropout: float = 0.1,
+  dtype=jnp.float32,
+) -> SmallCNN:
+  """Creates a `SmallCNN` with `len(widths)` blocks."""
+  return SmallCNN(
+    num_classes=num_classes, in_channels=in_channels, widths=widths, dropout=dropout, dtype=dtype,
+    rngs=rngs,
+  )

@@ -1,0 +1,236 @@
+"""VGG-16/19 (with and without BatchNorm) as in torchvision and Keras, with weight rule tables.
+
+Both sources share the architecture; they differ in the classifier's input order (torchvision's
+`classifier.0` reads a C,H,W flattening of a 7x7 adaptively pooled map, Keras' `fc1` an H,W,C
+flattening: jaxvir flattens H,W,C and the converter permutes torchvision's rows), in dropout
+(torchvision only) and in preprocessing. Keras has no BatchNorm variants.
+
+Parameter paths: `block{1..5}/conv{i}` (and `block{b}/bn{i}` with BatchNorm),
+`classifier/{fc1,fc2}`, `head` (the final linear layer).
+
+Example:
+
+  >>> from flax import nnx
+  >>> from jaxvir import models
+  >>> model = models.create("vgg16", num_classes=2, rngs=nnx.Rngs(0))
+  >>> features = model.run(model.preprocess(images_uint8), stop="block5")
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxvir import convert
+from jaxvir.models import layers, registry
+from jaxvir.models.resnet import VARIANTS, check_variant
+
+BLOCK_CONVS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+BLOCK_WIDTHS = (64, 128, 256, 512, 512)
+POOLED_SIZE = 7
+HIDDEN = 4096
+DROPOUT = 0.5
+
+
+class Block(nnx.Module):
+  """3x3 convolutions (padding 1), each with optional BatchNorm and a ReLU, then 2x2 max pooling."""
+
+  def __init__(
+    self,
+    in_features: int,
+    width: int,
+    *,
+    num_convs: int,
+    batch_norm: bool,
+    variant: str,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
+    self.num_convs = num_convs
+    for index in range(1, num_convs + 1):
+      setattr(
+        self,
+        f"conv{index}",
+        layers.conv2d(in_features, width, 3, padding=1, dtype=dtype, rngs=rngs),
+      )
+      if batch_norm:
+        setattr(self, f"bn{index}", layers.batch_norm(width, source=variant, rngs=rngs))
+      in_features = width
+    self.batch_norm = batch_norm
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for index in range(1, self.num_convs + 1):
+      x = getattr(self, f"conv{index}")(x)
+      if self.batch_norm:
+        x = getattr(self, f"bn{index}")(x)
+      x = jax.nn.relu(x)
+    return layers.max_pool(x, window=2, stride=2)
+
+
+class Classifier(nnx.Module):
+  """Adaptive 7x7 average pooling, H,W,C flattening, fc1 and fc2 with ReLU (and dropout)."""
+
+  def __init__(self, *, dropout: bool, dtype, rngs: nnx.Rngs):
+    in_features = POOLED_SIZE * POOLED_SIZE * BLOCK_WIDTHS[-1]
+    self.fc1 = layers.linear(in_features, HIDDEN, dtype=dtype, rngs=rngs)
+    self.fc2 = layers.linear(HIDDEN, HIDDEN, dtype=dtype, rngs=rngs)
+    self.dropout1 = nnx.Dropout(DROPOUT, rngs=rngs) if dropout else None
+    self.dropout2 = nnx.Dropout(DROPOUT, rngs=rngs) if dropout else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    # At 224x224 the map is already 7x7 and the pooling is the identity (Keras' Flatten).
+    x = layers.adaptive_avg_pool(x, output_size=POOLED_SIZE)
+    x = x.reshape(x.shape[0], -1)
+    x = jax.nn.relu(self.fc1(x))
+    if self.dropout1 is not None:
+      x = self.dropout1(x)
+    x = jax.nn.relu(self.fc2(x))
+    if self.dropout2 is not None:
+      x = self.dropout2(x)
+    return x
+
+
+class VGG(layers.Staged):
+  """VGG; stages `block1`..`block5`, `classifier` and `head`.
+
+  Without a head (`num_classes=None`) the `head` stage is the identity and the model returns
+  fc2's 4096 features. Logits are float32.
+  """
+
+  def __init__(
+    self,
+    *,
+    block_convs: tuple[int, ...],
+    batch_norm: bool,
+    num_classes: int | None,
+    variant: str,
+    dtype,
+    remat: bool,
+    rngs: nnx.Rngs,
+  ):
+    check_variant(variant)
+    self.variant = variant
+    self.dtype = dtype
+    self.remat = remat
+    self.preprocessing = "torch" if variant == "torchvision" else "caffe"
+    in_features = 3
+    for index, (num_convs, width) in enumerate(zip(block_convs, BLOCK_WIDTHS, strict=True)):
+      block = Block(
+        in_features,
+        width,
+        num_convs=num_convs,
+        batch_norm=batch_norm,
+        variant=variant,
+        dtype=dtype,
+        rngs=rngs,
+      )
+      setattr(self, f"block{index + 1}", block)
+      in_features = width
+    self.classifier = Classifier(dropout=variant == "torchvision", dtype=dtype, rngs=rngs)
+    self.num_features = HIDDEN
+    self.replace_head(num_classes, rngs=rngs)
+    blocks = tuple(f"block{i}" for i in range(1, len(block_convs) + 1))
+    self.stage_names = blocks + ("classifier", "head")
+
+  def run_stage(self, name: str, x: jax.Array) -> jax.Array:
+    if name == "head":
+      return x if self.head is None else self.head(x).astype(jnp.float32)
+    if name == "block1":
+      x = x.astype(self.dtype)
+    call = layers.remat_call_block if self.remat else layers.call_block
+    return call(getattr(self, name), x)
+
+
+def _factory(arch: str, batch_norm: bool):
+  name = f"{arch}_bn" if batch_norm else arch
+  variants = ("torchvision",) if batch_norm else VARIANTS
+
+  def factory(
+    *,
+    num_classes: int | None = 1000,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    variant: str = "torchvision",
+    remat: bool = False,
+  ) -> VGG:
+    if variant not in variants:
+      raise ValueError(
+        f"{name}: variant={variant!r}: expected one of {variants}"
+        + (" (Keras has no VGG with BatchNorm)" if batch_norm else "")
+      )
+    return VGG(
+      block_convs=BLOCK_CONVS[arch],
+      batch_norm=batch_norm,
+      num_classes=num_classes,
+      variant=variant,
+      dtype=dtype,
+      remat=remat,
+      rngs=rngs,
+    )
+
+  factory.__name__ = name
+  factory.__doc__ = f"""{name}: the {name} architecture of {" or ".join(variants)}.
+
+  Args:
+    num_classes: classes of the final linear layer; None for no head (fc2's 4096 features).
+    rngs: random streams for initialisation and dropout.
+    dtype: compute dtype (parameters and BatchNorm stay float32).
+    variant: one of {variants}; sets the dropout and the preprocessing.
+    remat: rematerialise each convolution block in the backward pass to save memory.
+
+  Returns:
+    A `VGG` in training mode; call `model.eval()` for inference.
+  """
+  return factory
+
+
+for _arch in BLOCK_CONVS:
+  for _batch_norm in (False, True):
+    registry.register(f"{_arch}_bn" if _batch_norm else _arch)(_factory(_arch, _batch_norm))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule tables
+
+
+def torchvision_rules(arch: str, batch_norm: bool) -> convert.RuleTable:
+  """torchvision VGG state dict (`features.N`, `classifier.{0,3,6}`) to jaxvir paths."""
+  rules, index = [], 0
+  for block, num_convs in enumerate(BLOCK_CONVS[arch], start=1):
+    for conv in range(1, num_convs + 1):
+      rules += convert.torch_conv(f"features.{index}", f"block{block}/conv{conv}", bias=True)
+      if batch_norm:
+        rules += convert.torch_batch_norm(f"features.{index + 1}", f"block{block}/bn{conv}")
+      index += 3 if batch_norm else 2  # conv, (bn,) relu
+    index += 1  # max pooling
+  fc1 = convert.chw_linear_kernel(channels=BLOCK_WIDTHS[-1], height=POOLED_SIZE, width=POOLED_SIZE)
+  rules += convert.torch_linear("classifier.0", "classifier/fc1", fc1)
+  rules += convert.torch_linear("classifier.3", "classifier/fc2")
+  return convert.RuleTable(
+    variant="torchvision",
+    preprocessing="torch",
+    rules=tuple(rules),
+    head=convert.torch_linear("classifier.6", "head"),
+    ignore=convert.TORCH_IGNORE,
+  )
+
+
+def keras_rules(arch: str) -> convert.RuleTable:
+  """Keras applications VGG layers (`block1_conv1`, `fc1`, `fc2`, `predictions`) to jaxvir."""
+  rules = []
+  for block, num_convs in enumerate(BLOCK_CONVS[arch], start=1):
+    for conv in range(1, num_convs + 1):
+      rules += convert.keras_conv(f"block{block}_conv{conv}", f"block{block}/conv{conv}")
+  rules += convert.keras_dense("fc1", "classifier/fc1")
+  rules += convert.keras_dense("fc2", "classifier/fc2")
+  return convert.RuleTable(
+    variant="keras",
+    preprocessing="caffe",
+    rules=tuple(rules),
+    head=convert.keras_dense("predictions", "head"),
+  )
+
+
+for _arch in BLOCK_CONVS:
+  convert.register_rules(_arch, "torchvision")(lambda a=_arch: torchvision_rules(a, False))
+  convert.register_rules(f"{_arch}_bn", "torchvision")(lambda a=_arch: torchvision_rules(a, True))
+  convert.register_rules(_arch, "keras")(lambda a=_arch: keras_rules(a))

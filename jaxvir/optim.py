@@ -1,0 +1,201 @@
+"""Optimizers, learning-rate schedules and freezing by parameter-path patterns.
+
+Freezing is declared as regular expressions over parameter paths (the NNX state path joined by
+"/", e.g. `stage1/layers/0/conv1/kernel`), matched in full. A parameter is frozen when any
+pattern of the current phase matches it and trainable otherwise; every pattern must match at
+least one parameter, so a typo fails loudly instead of freezing nothing. Frozen parameters are
+labelled "frozen" for `optax.partition`, which gives them `optax.set_to_zero()`: they carry no
+optimizer state, and XLA removes their gradient computation from the compiled step.
+
+Example:
+
+  >>> rules = FreezeRules(patterns=("stem/.*", "stage[1-3]/.*"), thaw=((5, ("stage3/.*",)),))
+  >>> rules.patterns_at(epoch=5)
+  ('stem/.*', 'stage[1-3]/.*')
+"""
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+FROZEN = "frozen"
+TRAINABLE = "trainable"
+
+
+def path_string(keypath: Sequence) -> str:
+  """The "/"-joined parameter path of a JAX key path into an `nnx.State`."""
+  parts = []
+  for key in keypath:
+    if isinstance(key, jax.tree_util.DictKey):
+      parts.append(str(key.key))
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      parts.append(str(key.idx))
+  return "/".join(parts)
+
+
+def parameter_paths(params) -> list[str]:
+  """The "/"-joined paths of all leaves of `params`, in flattening order."""
+  return [path_string(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def map_paths(fn: Callable[[str], object], params):
+  """A tree with the structure of `params` whose leaves are `fn(path)`."""
+  return jax.tree_util.tree_map_with_path(lambda kp, _: fn(path_string(kp)), params)
+
+
+def matches(path: str, patterns: Sequence[str]) -> bool:
+  """Whether any of the regular expressions `patterns` matches all of `path`."""
+  return any(re.fullmatch(p, path) for p in patterns)
+
+
+@dataclasses.dataclass(frozen=True)
+class FreezeRules:
+  """Which parameters are frozen, per training phase.
+
+  Attributes:
+    patterns: regular expressions of frozen parameter paths at the start of training.
+    thaw: `(epoch, patterns)` pairs: from `epoch` on, parameters matching `patterns` are
+      trainable even if a freeze pattern matches them (gradual thawing).
+  """
+
+  patterns: tuple[str, ...] = ()
+  thaw: tuple[tuple[int, tuple[str, ...]], ...] = ()
+
+  def thawed_at(self, epoch: int) -> tuple[str, ...]:
+    """The thaw patterns in force at `epoch`."""
+    return tuple(p for start, patterns in self.thaw if epoch >= start for p in patterns)
+
+  def phase(self, epoch: int) -> int:
+    """The number of thaw steps that have happened by `epoch`; changes recompile the step."""
+    return sum(epoch >= start for start, _ in self.thaw)
+
+  def labels(self, params: nnx.State, *, epoch: int = 0) -> nnx.State:
+    """Labels every parameter `FROZEN` or `TRAINABLE` for `optax.partition`.
+
+    Raises:
+      ValueError: if a freeze or thaw pattern matches no parameter.
+    """
+    paths = parameter_paths(params)
+    for pattern in (*self.patterns, *(p for _, ps in self.thaw for p in ps)):
+      if not any(re.fullmatch(pattern, path) for path in paths):
+        groups = sorted({path.split("/")[0] for path in paths})
+        raise ValueError(
+          f"freeze pattern {pattern!r} matches no parameter; parameter paths start with "
+          f"{groups}, e.g. {paths[0]!r}"
+        )
+    thawed = self.thawed_at(epoch)
+
+    def label(path: str) -> str:
+      frozen = matches(path, self.patterns) and not matches(path, thawed)
+      return FROZEN if frozen else TRAINABLE
+
+    return map_paths(label, params)
+
+
+def count_table(params, labels, *, depth: int = 1) -> str:
+  """A text table of trainable and frozen parameter counts per group (path prefix)."""
+  counts: dict[str, list[int]] = {}
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (keypath, value), label in zip(leaves, jax.tree.leaves(labels), strict=True):
+    group = "/".join(path_string(keypath).split("/")[:depth])
+    counts.setdefault(group, [0, 0])[label == FROZEN] += int(np.size(value))
+  width = max(len("group"), *(len(g) for g in counts))
+  rows = [*counts.items(), ("total", [sum(c[0] for c in counts.values()),
+                                      sum(c[1] for c in counts.values())])]
+  lines = [f"{'group':<{width}}  {'trainable':>12}  {'frozen':>12}"]
+  lines += [f"{g:<{width}}  {t:>12,}  {f:>12,}" for g, (t, f) in rows]
+  return "\n".join(lines)
+
+
+def make_schedule(
+  config: ml_collections.ConfigDict, *, steps_per_epoch: int, total_steps: int
+) -> optax.Schedule:
+  """The learning-rate schedule named by `config.schedule` (steps, not epochs).
+
+  Args:
+    config: the `optim` section: `learning_rate`, `schedule` ("constant", "warmup_cosine" or
+      "step"), `warmup_epochs`, `step_epochs` and `step_factor`.
+    steps_per_epoch: training steps in one epoch.
+    total_steps: training steps in the whole run.
+
+  Returns:
+    A function from the step count to the learning rate.
+  """
+  base = config.learning_rate
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  if config.schedule == "constant":
+    schedule = optax.constant_schedule(base)
+  elif config.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(
+      0.0, base, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1)
+    )
+  elif config.schedule == "step":
+    schedule = optax.piecewise_constant_schedule(
+      base, {int(e * steps_per_epoch): config.step_factor for e in config.step_epochs}
+    )
+  else:
+    raise ValueError(f"optim.schedule: unknown schedule {config.schedule!r}")
+  if warmup:
+    return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), schedule], [warmup])
+  return schedule
+
+
+def _base_optimizer(config: ml_collections.ConfigDict, lr: optax.Schedule, decay_mask):
+  if config.name == "sgd":
+    return optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
+  if config.name == "adam":
+    return optax.adam(lr, b1=config.b1, b2=config.b2, eps=config.eps)
+  if config.name == "adamw":
+    return optax.adamw(
+      lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+      mask=decay_mask,
+    )
+  if config.name == "rmsprop":
+    return optax.rmsprop(lr, decay=config.rms_decay, eps=config.eps, momentum=config.momentum)
+  if config.name == "radam":
+    return optax.radam(lr, b1=config.b1, b2=config.b2, eps=config.eps)
+  raise ValueError(f"optim.name: unknown optimizer {config.name!r}; one of {OPTIMIZERS}")
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "radam")
+
+
+def make_optimizer(
+  config: ml_collections.ConfigDict, *, schedule: optax.Schedule, labels
+) -> optax.GradientTransformation:
+  """The optimizer of `config` applied to trainable parameters only.
+
+  Weight decay is decoupled (scaled by the learning rate, as in `optax.adamw`) for "adamw" and
+  added to the gradient (L2) for the other optimizers, on parameters whose paths match none of
+  `config.weight_decay_exclude`.
+
+  Args:
+    config: the `optim` section.
+    schedule: the learning-rate schedule.
+    labels: `FROZEN` / `TRAINABLE` per parameter, from `FreezeRules.labels`.
+
+  Returns:
+    An `optax.partition` of the optimizer (trainable) and `optax.set_to_zero()` (frozen).
+
+  Example:
+
+    >>> tx = make_optimizer(config.optim, schedule=optax.constant_schedule(1e-3), labels=labels)
+    >>> opt_state = tx.init(params)
+  """
+  # A callable mask, because inside `optax.partition` frozen leaves are `MaskedNode`s.
+  decay_mask = lambda params: map_paths(
+    lambda path: not matches(path, config.weight_decay_exclude), params
+  )
+  parts = []
+  if config.grad_clip_norm is not None:
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.weight_decay and config.name != "adamw":
+    parts.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
+  parts.append(_base_optimizer(config, schedule, decay_mask))
+  return optax.partition({TRAINABLE: optax.chain(*parts), FROZEN: optax.set_to_zero()}, labels)

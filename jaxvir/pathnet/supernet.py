@@ -1,0 +1,161 @@
+"""The PathNet super-network: L layers of M modules on a frozen encoder's feature map.
+
+Layer 1 holds M convolutional modules applied to the encoder features; layers 2..L hold M
+fully connected modules. A pathway activates some modules per layer (its genotype, see
+`genotypes.py`); a layer's output is the sum, or the average, of its active modules'
+outputs, and a readout per task maps the last layer to logits.
+
+Parameters are plain pytrees with the M modules of a layer stacked on the leading axis, so
+that a whole population of pathways is evaluated with one matrix product per layer:
+every module of a layer runs on the batch and each pathway mixes the outputs with its
+per-module weights `(L, M)` (zero for inactive modules). With a shared minibatch the
+convolution of all M layer-1 modules is computed once for the whole population.
+
+Example:
+
+  >>> spec = SupernetSpec(num_modules=10, conv_channels=16, hidden_sizes=(20, 20))
+  >>> params = init_params(jax.random.key(0), spec, feature_shape=(4, 4, 512))
+  >>> readout = init_readout(jax.random.key(1), spec, num_classes=3)
+  >>> conv = conv_all(params, features, spec=spec)  # (B, 4, 4, 10, 16), once per batch
+  >>> logits = pathway_logits(params, readout, weights, conv)  # weights: (3, 10)
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+AGGREGATIONS = ("mean", "sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetSpec:
+  """Static shape settings of the super-network.
+
+  Attributes:
+    num_modules: M, modules per layer.
+    conv_channels: output channels of each layer-1 convolutional module.
+    conv_kernel: kernel size of the layer-1 convolutions ("SAME" padding, stride 1).
+    hidden_sizes: widths of the fully connected modules of layers 2..L.
+    aggregation: "mean" (as the PathNet authors did) or "sum" of a layer's active modules.
+  """
+
+  num_modules: int = 10
+  conv_channels: int = 16
+  conv_kernel: int = 1
+  hidden_sizes: tuple[int, ...] = (20, 20)
+  aggregation: str = "mean"
+
+  def __post_init__(self):
+    if self.aggregation not in AGGREGATIONS:
+      raise ValueError(
+        f"pathnet.aggregation={self.aggregation!r}; choose one of {AGGREGATIONS}"
+      )
+    if self.num_modules < 1 or self.conv_channels < 1 or self.conv_kernel < 1:
+      raise ValueError("pathnet.num_modules, conv_channels and conv_kernel must be >= 1")
+    if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+      raise ValueError("pathnet.hidden_sizes must list at least one positive width")
+
+  @property
+  def num_layers(self) -> int:
+    """L: the convolutional layer plus the fully connected layers."""
+    return 1 + len(self.hidden_sizes)
+
+
+def _he_normal(key, shape, fan_in):
+  return jax.random.normal(key, shape, jnp.float32) * jnp.sqrt(2.0 / fan_in)
+
+
+def init_params(key: jax.Array, spec: SupernetSpec, *, feature_shape) -> dict:
+  """Random module parameters: He-normal kernels, zero biases.
+
+  Args:
+    key: PRNG key.
+    spec: super-network settings.
+    feature_shape: (h, w, c) of the encoder features.
+
+  Returns:
+    `{"conv": {"kernel": (M, k, k, c, C), "bias": (M, C)},
+    "fc1": {"kernel": (M, h*w*C, H1), "bias": (M, H1)}, "fc2": ...}`.
+  """
+  h, w, c = feature_shape
+  m, k, channels = spec.num_modules, spec.conv_kernel, spec.conv_channels
+  keys = jax.random.split(key, spec.num_layers)
+  params = {
+    "conv": {
+      "kernel": _he_normal(keys[0], (m, k, k, c, channels), k * k * c),
+      "bias": jnp.zeros((m, channels), jnp.float32),
+    }
+  }
+  width = h * w * channels
+  for layer, size in enumerate(spec.hidden_sizes, start=1):
+    params[f"fc{layer}"] = {
+      "kernel": _he_normal(keys[layer], (m, width, size), width),
+      "bias": jnp.zeros((m, size), jnp.float32),
+    }
+    width = size
+  return params
+
+
+def init_readout(key: jax.Array, spec: SupernetSpec, *, num_classes: int) -> dict:
+  """A task's readout: a dense layer from the last hidden layer to `num_classes` logits."""
+  width = spec.hidden_sizes[-1]
+  limit = jnp.sqrt(1.0 / width)
+  return {
+    "kernel": jax.random.uniform(key, (width, num_classes), jnp.float32, -limit, limit),
+    "bias": jnp.zeros((num_classes,), jnp.float32),
+  }
+
+
+def layer_names(spec: SupernetSpec) -> list[str]:
+  """The parameter groups in layer order: `["conv", "fc1", ..., "fcL-1"]`."""
+  return ["conv"] + [f"fc{layer}" for layer in range(1, spec.num_layers)]
+
+
+def conv_all(params: dict, features: jax.Array, *, spec: SupernetSpec) -> jax.Array:
+  """All M layer-1 modules on a batch: ReLU(conv) outputs of shape (B, h, w, M, C).
+
+  The M kernels are concatenated on the output-channel axis, so this is one convolution.
+  """
+  kernel = params["conv"]["kernel"]  # (M, k, k, c, C)
+  m, k, _, c, channels = kernel.shape
+  stacked = jnp.moveaxis(kernel, 0, 3).reshape(k, k, c, m * channels)
+  out = jax.lax.conv_general_dilated(
+    features,
+    stacked,
+    window_strides=(1, 1),
+    padding="SAME",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  out = out.reshape(*out.shape[:3], m, channels) + params["conv"]["bias"]
+  return jax.nn.relu(out)
+
+
+def pathway_logits(
+  params: dict, readout: dict, weights: jax.Array, conv_outputs: jax.Array
+) -> jax.Array:
+  """Logits of one pathway given the outputs of all layer-1 modules.
+
+  Args:
+    params: module parameters (`init_params`).
+    readout: the task's readout (`init_readout`).
+    weights: (L, M) per-module weights of the pathway (`genotypes.module_weights`).
+    conv_outputs: (B, h, w, M, C) from `conv_all`.
+
+  Returns:
+    (B, num_classes) logits.
+  """
+  batch = conv_outputs.shape[0]
+  hidden = jnp.einsum("bhwmc,m->bhwc", conv_outputs, weights[0]).reshape(batch, -1)
+  for layer in range(1, weights.shape[0]):
+    fc = params[f"fc{layer}"]
+    outputs = jax.nn.relu(jnp.einsum("bd,mdh->bmh", hidden, fc["kernel"]) + fc["bias"])
+    hidden = jnp.einsum("bmh,m->bh", outputs, weights[layer])
+  return hidden @ readout["kernel"] + readout["bias"]
+
+
+def logits(
+  params: dict, readout: dict, weights: jax.Array, features: jax.Array, *, spec: SupernetSpec
+) -> jax.Array:
+  """Logits of one pathway (weights (L, M)) on encoder features (B, h, w, c)."""
+  return pathway_logits(params, readout, weights, conv_all(params, features, spec=spec))

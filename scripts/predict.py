@@ -1,0 +1,49 @@
+"""Predicts the classes of image files with a trained classifier run.
+
+  python scripts/predict.py --workdir runs/cxr/20261122-0300 new_scans/ extra.png \
+      [--checkpoint best|last|STEP] [--out predictions.csv]
+
+Folders are searched recursively for image files. The CSV has one row per image: path,
+predicted class, one probability column per class (`prob_<class>`), and an error message
+for files that could not be read (the others are still predicted).
+"""
+
+import argparse
+import logging
+import sys
+
+from absl import flags
+
+from jaxvir import evaluate
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("paths", nargs="+", help="image files or folders")
+  parser.add_argument("--workdir", required=True, help="run directory written by train.py")
+  parser.add_argument("--checkpoint", default="best", help="best, last or a step number")
+  parser.add_argument("--out", default="predictions.csv", help="CSV file to write")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  # grain reads absl flags; this script takes its own arguments.
+  flags.FLAGS.mark_as_parsed()
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  try:
+    run = evaluate.load_classifier(args.workdir, checkpoint=args.checkpoint)
+  except (FileNotFoundError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+  rows = evaluate.predict_files(run, args.paths)
+  evaluate.write_predictions_csv(rows, args.out)
+  failed = [row for row in rows if row["error"]]
+  print(f"wrote {args.out}: {len(rows) - len(failed)} images predicted, {len(failed)} unreadable")
+  for row in failed:
+    print(f"  {row['path']}: {row['error']}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

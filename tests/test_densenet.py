@@ -1,0 +1,222 @@
+"""DenseNet parity with torchvision's and Keras' architectures through jaxvir.convert."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from references import keras_application, keras_stage_outputs, nhwc, save_keras_legacy_h5
+from references_densenet import TorchDenseNet, legacy_state_dict, torch_densenet
+
+from jaxvir import convert, models
+from jaxvir.models import densenet
+from jaxvir.models.pretrained import load_pretrained
+
+PARAMETER_COUNTS = {"densenet121": 7_978_856, "densenet169": 14_149_480, "densenet201": 20_013_928}
+KERAS_NAMES = {
+  "densenet121": "DenseNet121",
+  "densenet169": "DenseNet169",
+  "densenet201": "DenseNet201",
+}
+
+
+def keras_stage_layers(arch: str) -> dict[str, str]:
+  """Keras layers whose outputs are jaxvir's stage outputs."""
+  layers = {"stem": "pool1"}
+  for block, num_layers in enumerate(densenet.BLOCK_LAYERS[arch], start=1):
+    layers[f"dense{block}"] = f"conv{block + 1}_block{num_layers}_concat"
+    if block < 4:
+      layers[f"transition{block}"] = f"pool{block + 1}_pool"
+  layers["head"] = "predictions"
+  return layers
+
+
+def assert_close(actual, expected, *, tolerance, name=""):
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape, (name, actual.shape, expected.shape)
+  error = np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
+  assert error < tolerance, f"{name}: relative max error {error:.2e} >= {tolerance:.0e}"
+
+
+@nnx.jit
+def stage_outputs(model, x):
+  outputs = {}
+  for name in model.stage_names:
+    x = outputs[name] = model.run(x, start=name, stop=name)
+  return outputs
+
+
+def assert_stages_match(model, x, expected: dict[str, np.ndarray]):
+  actual = stage_outputs(model, jnp.asarray(x))
+  for name in model.stage_names:
+    tolerance = 1e-5 if name == "head" else 1e-4
+    assert_close(actual[name], expected[name], tolerance=tolerance, name=name)
+
+
+def convert_torch(state_dict, tmp_path, arch: str):
+  path = tmp_path / f"{arch}.pth"
+  torch.save(state_dict, path)
+  convert.convert(source="torchvision", arch=arch, weights=path, out=tmp_path / "out")
+  return load_pretrained(tmp_path / "out")
+
+
+def torch_stages(reference: TorchDenseNet, images: np.ndarray) -> dict[str, np.ndarray]:
+  with torch.no_grad():
+    x = torch.from_numpy(np.transpose(images, (0, 3, 1, 2)))
+    outputs = {name: nhwc(value) for name, value in reference.stages(x).items()}
+    outputs["head"] = reference(x).numpy()
+  return outputs
+
+
+@pytest.mark.parametrize("arch", sorted(PARAMETER_COUNTS))
+def test_parameter_counts_match_torchvision(arch):
+  reference = TorchDenseNet(densenet.BLOCK_LAYERS[arch])
+  assert sum(p.numel() for p in reference.parameters()) == PARAMETER_COUNTS[arch]
+  model = nnx.eval_shape(lambda: models.create(arch, rngs=nnx.Rngs(0)))
+  targets, param_count = convert.model_targets(model)
+  assert param_count == PARAMETER_COUNTS[arch]
+  # Every state-dict tensor but the step counters has a target of the same size.
+  state = {k: v for k, v in reference.state_dict().items() if "num_batches" not in k}
+  assert len(targets) == len(state)
+  assert sum(np.prod(s) for s in targets.values()) == sum(v.numel() for v in state.values())
+
+
+def test_torchvision_parity_full_size(tmp_path):
+  reference = torch_densenet("densenet121", seed=1)
+  model, preprocess = convert_torch(reference.state_dict(), tmp_path, "densenet121")
+  images = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+  x = np.asarray(preprocess(jnp.asarray(images)))
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  np.testing.assert_allclose(x, (images / 255.0 - mean) / std, atol=1e-5)
+  assert_stages_match(model, x, torch_stages(reference, x))
+
+
+@pytest.mark.parametrize("arch", ["densenet169", "densenet201"])
+def test_torchvision_parity_small_inputs(tmp_path, arch):
+  reference = torch_densenet(arch, num_classes=10, seed=2)
+  model, _ = convert_torch(reference.state_dict(), tmp_path, arch)
+  x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  assert_stages_match(model, x, torch_stages(reference, x))
+
+
+def test_old_torchvision_keys_convert_to_the_same_weights(tmp_path):
+  reference = torch_densenet("densenet121", seed=3)
+  old = legacy_state_dict(reference.state_dict())
+  assert "features.denseblock1.denselayer1.norm.1.weight" in old
+  new_model, _ = convert_torch(reference.state_dict(), tmp_path / "new", "densenet121")
+  old_model, _ = convert_torch(old, tmp_path / "old", "densenet121")
+  new_state = nnx.to_flat_state(nnx.state(new_model, convert.CONVERTED))
+  old_state = dict(nnx.to_flat_state(nnx.state(old_model, convert.CONVERTED)))
+  for path, variable in new_state:
+    np.testing.assert_array_equal(old_state[path].get_value(), variable.get_value(), str(path))
+
+
+def test_legacy_key_renaming():
+  tensors = {
+    "features.denseblock2.denselayer11.norm.2.running_var": 1,
+    "features.denseblock2.denselayer11.conv.1.weight": 2,
+    "features.transition1.norm.weight": 3,
+  }
+  assert densenet.rename_legacy_torchvision_keys(tensors) == {
+    "features.denseblock2.denselayer11.norm2.running_var": 1,
+    "features.denseblock2.denselayer11.conv1.weight": 2,
+    "features.transition1.norm.weight": 3,
+  }
+
+
+@pytest.fixture(scope="module")
+def keras_densenet121():
+  reference = keras_application("DenseNet121", seed=4, input_shape=(32, 32, 3), classes=5)
+  images = np.random.default_rng(5).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  import keras
+
+  x = keras.applications.densenet.preprocess_input(images.astype(np.float32))
+  return reference, images, x, keras_stage_outputs(reference, x, keras_stage_layers("densenet121"))
+
+
+@pytest.mark.parametrize("layout", ["legacy.h5", "weights.h5"])
+def test_keras_parity(tmp_path, keras_densenet121, layout):
+  reference, images, x, expected = keras_densenet121
+  path = tmp_path / f"densenet121.{layout}"
+  if layout == "legacy.h5":
+    save_keras_legacy_h5(reference, path)
+  else:
+    reference.save_weights(path)
+  metadata = convert.convert(source="keras", arch="densenet121", weights=path, out=tmp_path / "o")
+  assert metadata["num_classes"] == 5 and metadata["preprocessing"] == "torch"
+  assert metadata["variant"] == "keras"
+  model, preprocess = load_pretrained(tmp_path / "o")
+  assert model.final_bn.epsilon == 1.001e-5 and model.final_bn.momentum == 0.99
+  np.testing.assert_allclose(preprocess(jnp.asarray(images)), x, atol=1e-5)
+  assert_stages_match(model, x, expected)
+
+
+def tiny_densenet(**kwargs) -> densenet.DenseNet:
+  options = dict(
+    block_layers=(2, 1, 2, 1), num_classes=3, variant="torchvision", remat=False, dtype=jnp.float32
+  )
+  return densenet.DenseNet(**(options | kwargs))
+
+
+def test_remat_gives_the_same_gradients_and_bfloat16_keeps_float32_parameters():
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  loss = lambda m: jnp.sum(m(x) ** 2)
+
+  def gradients(**kwargs):
+    return nnx.grad(loss)(tiny_densenet(rngs=nnx.Rngs(0), **kwargs))
+
+  plain, rematerialised = gradients(), gradients(remat=True)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(rematerialised), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  bf16 = tiny_densenet(rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+  assert bf16(x).dtype == jnp.float32
+  assert bf16.run(x, stop="dense1").dtype == jnp.bfloat16
+  parameters = jax.tree.leaves(nnx.state(bf16, (nnx.Param, nnx.BatchStat)))
+  assert {leaf.dtype for leaf in parameters} == {jnp.dtype(jnp.float32)}
+
+
+def test_run_composes_stages_and_features_only_head():
+  model = tiny_densenet(rngs=nnx.Rngs(0))
+  model.eval()
+  assert model.stage_names == (
+    "stem",
+    "dense1",
+    "transition1",
+    "dense2",
+    "transition2",
+    "dense3",
+    "transition3",
+    "dense4",
+    "head",
+  )
+  x = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
+  prefix = model.run(x, stop="transition2")
+  assert prefix.shape == (1, 4, 4, (64 + 64) // 2 + 32)  # 2 layers, halved, 1 layer, halved
+  np.testing.assert_allclose(model.run(prefix, start="dense3"), model(x), rtol=1e-6, atol=1e-6)
+  features = tiny_densenet(rngs=nnx.Rngs(0), num_classes=None)
+  assert features(x).shape == (1, model.num_features)
+
+
+def test_training_mode_updates_batch_statistics_with_the_source_momentum():
+  model = tiny_densenet(rngs=nnx.Rngs(0), variant="keras")
+  x = 3.0 + jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
+  model(x)
+  stem_input = model.stem.conv(x)
+  expected = 0.01 * jnp.mean(stem_input, axis=(0, 1, 2))
+  np.testing.assert_allclose(model.stem.bn.mean.get_value(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_variant_and_leftover_tensors_are_reported(tmp_path):
+  with pytest.raises(ValueError, match="variant='caffe'"):
+    models.create("densenet121", rngs=nnx.Rngs(0), variant="caffe")
+  reference = TorchDenseNet((6, 12, 24, 16), num_classes=2)
+  state = reference.state_dict() | {"features.extra.weight": torch.zeros(1)}
+  del state["features.norm5.running_var"]
+  torch.save(state, tmp_path / "bad.pth")
+  with pytest.raises(convert.ConversionError) as error:
+    convert.convert(
+      source="torchvision", arch="densenet121", weights=tmp_path / "bad.pth", out=tmp_path / "out"
+    )
+  assert "features.norm5.running_var" in str(error.value)
+  assert "features.extra.weight" in str(error.value)
