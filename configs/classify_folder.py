@@ -15,6 +15,7 @@ from jaxvir import config as config_lib
 
 def get_config(arg=None):
   config = config_lib.base_config()
+  config.data.num_synthetic = 2400  # used when data.dir is not set
   config.model.name = "small_cnn"
   config.model.kwargs.in_channels = config.data.get_ref("channels")
   config.optim.name = "adam"
@@ -26,5 +27,6 @@ def get_config(arg=None):
   config.train.early_stopping_patience = 4
   if arg == "runlocal":
     config_lib.runlocal(config)
-    config.train.epochs = 6
+    config.data.image_size = (32, 32)
+    config.train.epochs = 10
   return config

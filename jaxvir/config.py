@@ -101,6 +101,7 @@ def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks `config` to a run of under two minutes on a 2-core CPU (the `runlocal` arg)."""
   config.train.epochs = min(config.train.epochs, 3)
   config.train.log_every_steps = 10
+  config.checkpoint.keep = 1
   return config
 
 

@@ -292,10 +292,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # Early stopping and reduce-on-plateau, on host state that the checkpoint keeps.
     mode = "max" if config.train.monitor == "val_accuracy" else "min"
     monitored = val_metrics[config.train.monitor.removeprefix("val_")]
-    if _improved(monitored, loop["best"], mode):
-      loop.update(best=monitored, best_step=step, bad_evals=0)
-    else:
-      loop["bad_evals"] += 1
+    loop["bad_evals"] = 0 if _improved(monitored, loop["best"], mode) else loop["bad_evals"] + 1
+    # Among equally good checkpoints the latest is the best, as Orbax's BestN keeps it.
+    if loop["best"] is None or not _improved(loop["best"], monitored, mode):
+      loop.update(best=monitored, best_step=step)
     plateau = config.optim.plateau
     if plateau.patience:
       best_loss = loop["plateau_best"]

@@ -12,6 +12,7 @@ import logging
 import pathlib
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxvir import config as config_lib
@@ -29,6 +30,7 @@ def default_workdir(config_path: str) -> pathlib.Path:
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
   config = _CONFIG.value
   config_lib.validate(config)
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)

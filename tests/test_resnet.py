@@ -53,11 +53,11 @@ def test_torchvision_parity_full_size(tmp_path):
   images = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
   x = preprocess(jnp.asarray(images))
   with torch.no_grad():
-    expected = reference.stages(torch.from_numpy(np.transpose(np.asarray(x), (0, 3, 1, 2))))
+    expected = reference.stages(torch.from_numpy(np.transpose(np.array(x), (0, 3, 1, 2))))
   actual = jax_stage_outputs(model, x)
   assert_stages_close(actual, {name: nhwc(value) for name, value in expected.items()})
   # The stages run one at a time compose to the model's own forward pass.
-  np.testing.assert_allclose(actual["head"], nnx.jit(lambda m, x: m(x))(model, x), rtol=1e-6)
+  assert_close(nnx.jit(lambda m, x: m(x))(model, x), actual["head"], tolerance=1e-6, name="run")
 
 
 def test_keras_parity_from_both_file_layouts(tmp_path):
@@ -66,12 +66,14 @@ def test_keras_parity_from_both_file_layouts(tmp_path):
   reference.save_weights(tmp_path / "resnet50.weights.h5")
   for name in ("resnet50.h5", "resnet50.weights.h5"):
     metadata = convert.convert(
-      source="keras", arch="resnet50", weights=tmp_path / name, out=tmp_path / name / "out"
+      source="keras", arch="resnet50", weights=tmp_path / name, out=tmp_path / f"out_{name}"
     )
     assert metadata["num_classes"] == 7 and metadata["preprocessing"] == "caffe"
-  legacy, preprocess = load_pretrained(tmp_path / "resnet50.h5" / "out")
-  keras3, _ = load_pretrained(tmp_path / "resnet50.weights.h5" / "out")
-  for a, b in zip(jax.tree.leaves(nnx.state(legacy)), jax.tree.leaves(nnx.state(keras3))):
+  legacy, preprocess = load_pretrained(tmp_path / "out_resnet50.h5")
+  keras3, _ = load_pretrained(tmp_path / "out_resnet50.weights.h5")
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(legacy)), jax.tree.leaves(nnx.state(keras3)), strict=True
+  ):
     np.testing.assert_array_equal(a, b)
 
   images = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
