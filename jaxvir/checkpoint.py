@@ -53,6 +53,12 @@ def save(mngr, step: int, *, state, loop: dict, data_iterator=None, monitor=None
   mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics)
 
 
+def restore_data_iterator(mngr, step: int, data_iterator) -> None:
+  """Restores the position of a grain iterator saved with checkpoint `step`, in place."""
+  mngr.restore(step, args=ocp.args.Composite(**{DATA: grain.checkpoint.CheckpointRestore(
+    data_iterator)}))
+
+
 def restore(mngr, step: int, *, abstract_state, data_iterator=None):
   """Restores checkpoint `step` into the shapes and shardings of `abstract_state`.
 

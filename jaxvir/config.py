@@ -20,9 +20,7 @@ import re
 import ml_collections
 from ml_collections import config_dict
 
-from jaxvir import data
-from jaxvir import models
-from jaxvir import optim
+from jaxvir import data, models, optim
 
 TRAINERS = ("classifier", "pathnet", "twinvae")
 SCHEDULES = ("constant", "warmup_cosine", "step")
@@ -77,6 +75,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.eval_every_epochs = 1
   config.train.monitor = "val_accuracy"  # "val_accuracy" or "val_loss"
   config.train.early_stopping_patience = 0  # evaluations without improvement; 0 disables
+
+  # Frozen-prefix cache: "off", "memory" or "disk" (under `dir`); see jaxvir.prefix_cache.
+  config.cache = ml_collections.ConfigDict()
+  config.cache.frozen_prefix = "off"
+  config.cache.dir = os.path.expanduser("~/.cache/jaxvir/features")
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 2  # latest checkpoints kept, besides the best
@@ -148,6 +151,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("train.batch_size", "batch sizes must be positive")
   if config.train.monitor not in ("val_accuracy", "val_loss"):
     _fail("train.monitor", f"must be 'val_accuracy' or 'val_loss', not {config.train.monitor!r}")
+  if config.cache.frozen_prefix not in ("off", "memory", "disk"):
+    _fail("cache.frozen_prefix", f"must be 'off', 'memory' or 'disk', not "
+          f"{config.cache.frozen_prefix!r}")
   if config.train.epochs <= 0:
     _fail("train.epochs", "must be positive")
   _validate_data(config.data)

@@ -491,53 +491,31 @@ def evaluate_run(
   return train.report_split(run, split, workdir=pathlib.Path(workdir))
 
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"})
-
-
 def list_image_files(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
   """Expands folders (recursively, sorted) into their image files; files pass as given.
 
+  Image files are those the folder data source reads (`folder_builder.IMAGE_EXTENSIONS`).
   Paths that do not exist are kept, so that the prediction reports them as errors.
 
   Example:
     >>> list_image_files(["scan.png"])
     [PosixPath('scan.png')]
   """
+  from jaxvir.data import folder_builder
+
   files = []
   for path in map(pathlib.Path, paths):
     if path.is_dir():
       files.extend(
-        sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        sorted(
+          p
+          for p in path.rglob("*")
+          if p.is_file() and p.suffix.lower() in folder_builder.IMAGE_EXTENSIONS
+        )
       )
     else:
       files.append(path)
   return files
-
-
-def load_image(path: str | pathlib.Path, *, image_shape: tuple[int, int, int]) -> np.ndarray:
-  """Decodes an image file as the folder data source does: uint8 (H, W, C) at the run's size.
-
-  Grey-scale and colour files are converted to the run's channel count (PIL "L" or "RGB")
-  and resized with bilinear interpolation.
-
-  Args:
-    path: the image file.
-    image_shape: the run's `(height, width, channels)`.
-
-  Returns:
-    The image as uint8 (H, W, C).
-
-  Example:
-    >>> load_image("scan.png", image_shape=(64, 64, 1)).shape  # doctest: +SKIP
-    (64, 64, 1)
-  """
-  height, width, channels = image_shape
-  with Image.open(path) as image:
-    image = image.convert("L" if channels == 1 else "RGB")
-    if image.size != (width, height):
-      image = image.resize((width, height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.uint8)
-  return pixels[..., None] if channels == 1 else pixels
 
 
 def predict_files(
@@ -558,9 +536,10 @@ def predict_files(
     >>> rows = predict_files(load_classifier("runs/cxr"), ["new_scans/"])  # doctest: +SKIP
   """
   from jaxvir import train
+  from jaxvir.data import folder_builder
 
   class_names = list(run.dataset.class_names)
-  image_shape = tuple(run.dataset.image_shape)
+  height, width, channels = run.dataset.image_shape
   files = list_image_files(paths)
   rows = []
   for start in range(0, len(files), chunk_size):
@@ -569,7 +548,10 @@ def predict_files(
       row = {"path": str(path), "predicted_class": "", "error": ""}
       row.update({f"prob_{name}": "" for name in class_names})
       try:
-        images.append(load_image(path, image_shape=image_shape))
+        # Decoded exactly as the folder data source decodes its training images.
+        images.append(
+          folder_builder.decode_image(path, image_size=(height, width), channels=channels)
+        )
       # PIL raises OSError subclasses for missing, unknown and truncated files.
       except (OSError, ValueError, Image.DecompressionBombError) as error:
         row["error"] = f"{type(error).__name__}: {error}"

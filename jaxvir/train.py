@@ -23,7 +23,8 @@ import tqdm
 from flax import nnx
 from tensorboardX import SummaryWriter
 
-from jaxvir import checkpoint, config as config_lib, data, models, optim, parallel, steps, tasks
+from jaxvir import checkpoint, data, models, optim, parallel, steps, tasks
+from jaxvir import config as config_lib
 
 log = logging.getLogger("jaxvir")
 
@@ -78,18 +79,31 @@ class Run:
   step: int
 
 
-def classification_fns(config, class_weights):
-  """The classifier's `loss_fn` for training and `eval_fn` for evaluation."""
+def forward_images(model, images):
+  """Logits of uint8 images: the model's own preprocessing, then the whole model."""
+  return model(model.preprocess(images))
+
+
+def classification_fns(config, class_weights, *, forward=forward_images, eval_forward=None):
+  """The classifier's `loss_fn` for training and `eval_fn` for evaluation.
+
+  Args:
+    config: the run's config.
+    class_weights: (K,) loss weights, or None.
+    forward: `(model, batch["image"]) -> logits` in training.
+    eval_forward: the same in evaluation (default `forward`).
+  """
+  eval_forward = eval_forward or forward
 
   def loss_fn(model, batch):
-    logits = model(model.preprocess(batch["image"]))
+    logits = forward(model, batch["image"])
     return tasks.classification_loss(
       logits, batch["label"], class_weights=class_weights,
       label_smoothing=config.train.label_smoothing,
     )
 
   def eval_fn(model, batch):
-    logits = model(model.preprocess(batch["image"]))
+    logits = eval_forward(model, batch["image"])
     _, sums = tasks.classification_loss(logits, batch["label"], mask=batch["mask"])
     return sums, jax.nn.softmax(logits.astype(jnp.float32))
 
@@ -159,10 +173,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   num_classes = len(dataset.class_names)
   steps_per_epoch = data.steps_per_epoch(dataset, batch_size=config.train.batch_size)
   total_steps = steps_per_epoch * config.train.epochs
-  train_iterator = data.train_iterator(
-    dataset, batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
-    shard_index=jax.process_index(), shard_count=jax.process_count(),
-  )
 
   # Model: shapes first (no allocation), to build the optimizer and shardings.
   abstract_model = nnx.eval_shape(lambda: create_model(config, num_classes=num_classes, keys=keys))
@@ -179,8 +189,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   schedule = optim.make_schedule(
     config.optim, steps_per_epoch=steps_per_epoch, total_steps=total_steps
   )
-  class_weights = jnp.asarray(dataset.class_weights(), jnp.float32)
-  loss_fn, eval_fn = classification_fns(config, class_weights)
 
   def build_phase(epoch: int):
     labels = rules.labels(abstract_params, epoch=epoch)
@@ -201,10 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
       state_sharding,
     )
-    train_step = steps.make_train_step(
-      train_graphdef, tx, loss_fn, mesh=mesh, state_sharding=state_sharding
-    )
-    return tx, init_state, abstract_state, state_sharding, train_step
+    return tx, init_state, abstract_state, state_sharding
 
   # Checkpoint: resume from the latest one if there is one.
   mngr = checkpoint.manager(
@@ -217,19 +222,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if latest is not None:
     loop = mngr.restore(latest, args=checkpoint.ocp.args.Composite(
       loop=checkpoint.ocp.args.JsonRestore()))[checkpoint.LOOP]
-  phase = rules.phase(loop["epoch"])
-  tx, init_state, abstract_state, state_sharding, train_step = build_phase(loop["epoch"])
+  # The saved optimizer state has the structure of the phase of the last finished epoch.
+  phase = rules.phase(max(loop["epoch"] - 1, 0))
+  tx, init_state, abstract_state, state_sharding = build_phase(max(loop["epoch"] - 1, 0))
   if latest is None:
     state = jax.jit(init_state, out_shardings=state_sharding)(keys)
     if is_main:
       (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   else:
-    state, loop = checkpoint.restore(
-      mngr, latest, abstract_state=abstract_state, data_iterator=train_iterator
-    )
+    state, loop = checkpoint.restore(mngr, latest, abstract_state=abstract_state)
     log.warning("RESUMED from step %d (epoch %d) in %s", latest, loop["epoch"], workdir)
 
+  # Steps, over cached frozen-prefix features when the config asks for them.
+  train_data, forward, eval_forward = dataset, forward_images, None
+  if config.cache.frozen_prefix != "off":
+    train_data, forward, eval_forward = cached_training(
+      config, dataset, state, eval_graphdef, rules.labels(
+        abstract_params, epoch=config.train.epochs - 1), abstract_model,
+    )
+  loss_fn, eval_fn = classification_fns(
+    config, jnp.asarray(dataset.class_weights(), jnp.float32), forward=forward,
+    eval_forward=eval_forward,
+  )
+  make_train_step = lambda: steps.make_train_step(
+    train_graphdef, tx, loss_fn, mesh=mesh, state_sharding=state_sharding
+  )
+  train_step = make_train_step()
   eval_step = steps.make_eval_step(eval_graphdef, eval_fn, mesh=mesh)
+  train_iterator = data.train_iterator(
+    train_data, batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
+    shard_index=jax.process_index(), shard_count=jax.process_count(),
+  )
+  if latest is not None:
+    checkpoint.restore_data_iterator(mngr, latest, train_iterator)
   writer = SummaryWriter(str(workdir)) if is_main else None
   metrics_path = workdir / "metrics.jsonl"
 
@@ -243,7 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   for epoch in range(loop["epoch"], config.train.epochs):
     if rules.phase(epoch) != phase:
       phase = rules.phase(epoch)
-      tx, init_state, abstract_state, state_sharding, train_step = build_phase(epoch)
+      tx, init_state, abstract_state, state_sharding = build_phase(epoch)
+      train_step = make_train_step()
       # Newly thawed parameters start with fresh optimizer state (as Keras' recompile does).
       state = state.replace(opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(
         state.params))
@@ -279,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     }
     variables = (state.params, state.batch_stats, state.rest)
     val_metrics, _ = evaluate_split(
-      eval_step, variables, data.eval_batches(dataset, "val", batch_size=config.eval.batch_size),
+      eval_step, variables, data.eval_batches(train_data, "val", batch_size=config.eval.batch_size),
       mesh,
     )
     for split, metrics in (("train", train_metrics), ("val", val_metrics)):
@@ -382,6 +408,7 @@ def load_run(
   restored = mngr.restore(step, args=checkpoint.ocp.args.Composite(
     state=checkpoint.ocp.args.PyTreeRestore(
       item=abstract, partial_restore=True,
+      restore_args=checkpoint.ocp.checkpoint_utils.construct_restore_args(abstract),
     )))[checkpoint.STATE]
   _, eval_fn = classification_fns(config, None)
   eval_step = steps.make_eval_step(eval_graphdef, eval_fn, mesh=mesh)
@@ -428,3 +455,47 @@ def report_split(run: Run, split: str, *, workdir: pathlib.Path | None) -> dict:
     workdir, labels=labels, probs=probs, class_names=list(run.dataset.class_names), split=split,
     extra={"checkpoint_step": run.step, "data": run.dataset.description},
   )
+
+
+def cached_training(config, dataset, state, eval_graphdef, labels, abstract_model):
+  """The data set of frozen-prefix features and the forward functions that read them.
+
+  Returns:
+    `(train_data, forward, eval_forward)`: a data set whose records hold the prefix output of
+    every reachable augmentation variant, and forward functions that run the remaining stages.
+  """
+  from jaxvir import prefix_cache
+
+  stage = prefix_cache.frozen_prefix(
+    abstract_model, labels, freeze_batch_stats=config.freeze.batch_stats
+  )
+  if stage is None:
+    raise ValueError(
+      "config.cache.frozen_prefix: the frozen parameters do not form a cacheable prefix of "
+      f"{config.model.name}'s stages (freeze whole first stages, and set "
+      "freeze.batch_stats=True for stages with BatchNorm)"
+    )
+  rest = prefix_cache.next_stage(abstract_model, stage)
+
+  @jax.jit
+  def prefix_fn(images):
+    model = nnx.merge(eval_graphdef, state.params, state.batch_stats, state.rest)
+    return model.run(model.preprocess(images), stop=stage)
+
+  path = None
+  if config.cache.frozen_prefix == "disk":
+    key = prefix_cache.cache_key(
+      config.model.name, config.model.pretrained, stage, dataset.description,
+      config.data.to_json_best_effort(), *jax.tree.leaves(
+        jax.tree.map(lambda p, l: p if l == optim.FROZEN else 0, state.params, labels)),
+    )
+    path = pathlib.Path(config.cache.dir).expanduser() / f"{config.model.name}-{stage}-{key}.npy"
+  train_data = prefix_cache.cached_dataset(
+    dataset, prefix_fn, batch_size=config.eval.batch_size, path=path
+  )
+  log.warning("frozen-prefix cache: training %s from stage %s on cached features", config.model.name,
+              rest)
+  forward = lambda model, features: model.run(features, start=rest)
+  # Evaluation reads the unaugmented variant (id 0, the first slot).
+  eval_forward = lambda model, features: model.run(features[:, 0], start=rest)
+  return train_data, forward, eval_forward

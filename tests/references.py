@@ -153,7 +153,11 @@ class TorchVGG(nn.Module):
 
 
 def randomise_keras(model, *, seed: int):
-  """Random BatchNorm statistics and non-zero biases for a Keras model (in place)."""
+  """Random weights for every layer of a Keras model (in place), BatchNorm statistics included.
+
+  Kernels are normal with variance 1 / fan-in (activations stay of order one through the depth
+  of the network); vectors (biases) are small and non-zero, so that a dropped bias shows.
+  """
   import keras
 
   rng = np.random.default_rng(seed)
@@ -170,20 +174,42 @@ def randomise_keras(model, *, seed: int):
         0.5 + rng.random(n),
       ]
     else:
-      weights = [w if w.ndim > 1 else 0.1 * rng.standard_normal(w.shape) for w in weights]
+      weights = [
+        rng.standard_normal(w.shape) / np.sqrt(np.prod(w.shape[:-1]))
+        if w.ndim > 1
+        else 0.1 * rng.standard_normal(w.shape)
+        for w in weights
+      ]
     layer.set_weights([np.asarray(w, np.float32) for w in weights])
   return model
 
 
-def keras_application(name: str, *, seed: int, **kwargs):
-  """`keras.applications.NAME(weights=None, classifier_activation=None, **kwargs)`, randomised."""
-  import keras
+def _zeros(shape, *args, dtype=None, **kwargs):
+  return np.zeros(shape, dtype or "float32")
 
-  keras.utils.set_random_seed(seed)
+
+def keras_application(name: str, *, seed: int, **kwargs):
+  """`keras.applications.NAME(weights=None, classifier_activation=None, **kwargs)`, randomised.
+
+  Keras' own initialisers draw with jax's threefry, which compiles once per weight shape (about
+  a minute for ResNet50 on a loaded 2-core machine); they are replaced by zeros while building,
+  and `randomise_keras` then draws every weight with numpy.
+  """
+  from unittest import mock
+
+  import keras
+  from keras.src import backend
+
   build = getattr(keras.applications, name)
   if kwargs.get("include_top", True):
     kwargs.setdefault("classifier_activation", None)
-  return randomise_keras(build(weights=None, **kwargs), seed=seed)
+  with (
+    mock.patch.object(backend.random, "uniform", _zeros),
+    mock.patch.object(backend.random, "normal", _zeros),
+    mock.patch.object(backend.random, "truncated_normal", _zeros),
+  ):
+    model = build(weights=None, **kwargs)
+  return randomise_keras(model, seed=seed)
 
 
 def keras_stage_outputs(model, x: np.ndarray, layer_names: dict[str, str]) -> dict[str, np.ndarray]:
@@ -217,14 +243,18 @@ def assert_close(actual, expected, *, tolerance: float, name: str = "") -> None:
 
 
 def jax_stage_outputs(model, x, *, stop=None):
-  """Each stage's output of a jaxvir backbone (stages run one `run` call at a time), jitted."""
+  """Each stage's output of a jaxvir backbone (stages run one `run` call at a time), jitted.
+
+  Without `stop`, `model(x)` is returned too (as `"__call__"`), to check that the stages run
+  one at a time compose to the model's forward pass (XLA shares the common computations).
+  """
   from flax import nnx
 
   names = model.stage_names[: model.stage_names.index(stop) + 1] if stop else model.stage_names
 
   @nnx.jit
   def run(model, x):
-    outputs = {}
+    outputs = {"__call__": model(x)} if stop is None else {}
     for name in names:
       x = outputs[name] = model.run(x, start=name, stop=name)
     return outputs

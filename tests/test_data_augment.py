@@ -42,12 +42,16 @@ def test_host_flips_and_rot90_draw_all_eight_symmetries():
 
 def test_host_single_flips():
   horizontal = {
-    augment.augment_image(IMAGE, np.random.default_rng(s), augment.AugmentOptions(flip_horizontal=True)).tobytes()
+    augment.augment_image(
+      IMAGE, np.random.default_rng(s), augment.AugmentOptions(flip_horizontal=True)
+    ).tobytes()
     for s in range(32)
   }
   assert horizontal == {IMAGE.tobytes(), IMAGE[:, ::-1].tobytes()}
   vertical = {
-    augment.augment_image(IMAGE, np.random.default_rng(s), augment.AugmentOptions(flip_vertical=True)).tobytes()
+    augment.augment_image(
+      IMAGE, np.random.default_rng(s), augment.AugmentOptions(flip_vertical=True)
+    ).tobytes()
     for s in range(32)
   }
   assert vertical == {IMAGE.tobytes(), IMAGE[::-1].tobytes()}
@@ -56,7 +60,9 @@ def test_host_single_flips():
 def test_host_rot90_on_a_non_square_image_turns_by_half_turns_only():
   image = np.arange(2 * 3, dtype=np.uint8).reshape(2, 3, 1)
   outputs = {
-    augment.augment_image(image, np.random.default_rng(s), augment.AugmentOptions(rot90=True)).tobytes()
+    augment.augment_image(
+      image, np.random.default_rng(s), augment.AugmentOptions(rot90=True)
+    ).tobytes()
     for s in range(32)
   }
   assert outputs == {image.tobytes(), np.rot90(image, 2).tobytes()}
@@ -64,18 +70,28 @@ def test_host_rot90_on_a_non_square_image_turns_by_half_turns_only():
 
 def _device_draws(**flags) -> set[str]:
   images = jnp.broadcast_to(IMAGE, (256, *IMAGE.shape))
-  out = np.asarray(jax.jit(augment.device_flip_rot90, static_argnames=tuple(flags))(
-    jax.random.key(0), images, **flags
-  ))
+  out = np.asarray(
+    jax.jit(augment.device_flip_rot90, static_argnames=tuple(flags))(
+      jax.random.key(0), images, **flags
+    )
+  )
   return {_which(x, IMAGE) for x in out}
 
 
 def test_device_flip_rot90_draws_the_same_transforms_as_the_host():
-  assert _device_draws(flip_horizontal=True, flip_vertical=True, rot90=True) == set(_dihedral(IMAGE))
+  assert _device_draws(flip_horizontal=True, flip_vertical=True, rot90=True) == set(
+    _dihedral(IMAGE)
+  )
   assert _device_draws(flip_horizontal=False, flip_vertical=False, rot90=True) == {
-    "rot0", "rot1", "rot2", "rot3"
+    "rot0",
+    "rot1",
+    "rot2",
+    "rot3",
   }
-  assert _device_draws(flip_horizontal=True, flip_vertical=False, rot90=False) == {"rot0", "flip_rot0"}
+  assert _device_draws(flip_horizontal=True, flip_vertical=False, rot90=False) == {
+    "rot0",
+    "flip_rot0",
+  }
 
 
 @pytest.mark.parametrize("channels", [1, 3])

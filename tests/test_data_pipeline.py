@@ -7,7 +7,9 @@ from jaxvir import data
 
 NUM_EXAMPLES = 40
 # Record i is an image filled with i, so a batch shows which records it holds.
-IMAGES = np.broadcast_to(np.arange(NUM_EXAMPLES, dtype=np.uint8)[:, None, None, None], (40, 4, 4, 1))
+IMAGES = np.broadcast_to(
+  np.arange(NUM_EXAMPLES, dtype=np.uint8)[:, None, None, None], (40, 4, 4, 1)
+)
 # Imbalanced: 10 of class 0, 30 of class 1, with a group id per 4 consecutive records.
 LABELS = np.array([0] * 10 + [1] * 30)
 
@@ -16,7 +18,10 @@ LABELS = np.array([0] * 10 + [1] * 30)
 def _indexed_arrays(data_config, *, seed):
   del data_config, seed
   return data.ArraySource(
-    np.ascontiguousarray(IMAGES), LABELS, class_names=("rare", "common"), description="indexed",
+    np.ascontiguousarray(IMAGES),
+    LABELS,
+    class_names=("rare", "common"),
+    description="indexed",
     groups=np.arange(NUM_EXAMPLES) // 4,
   )
 
@@ -59,8 +64,10 @@ def test_restored_iterator_yields_the_same_batches(start):
   ds = data.build(_config(augment=dict(flip_horizontal=True, rot90=True, random_crop=0.75)), seed=0)
   ds_augmented = data.Dataset(
     source=data.ArraySource(
-      np.random.default_rng(0).integers(0, 256, (40, 6, 6, 3), dtype=np.uint8), LABELS,
-      class_names=("rare", "common"), description="random",
+      np.random.default_rng(0).integers(0, 256, (40, 6, 6, 3), dtype=np.uint8),
+      LABELS,
+      class_names=("rare", "common"),
+      description="random",
     ),
     splits=ds.splits,
     augment=ds.augment,
@@ -83,7 +90,9 @@ def test_shards_are_disjoint_slices_of_the_single_process_batch():
   ds = data.build(_config(augment=dict(flip_horizontal=True, random_crop=0.5)), seed=0)
   assert data.steps_per_epoch(ds, batch_size=4, shard_count=2) == 4
   single = data.train_iterator(ds, batch_size=8, seed=3, shard_index=0, shard_count=1)
-  shards = [data.train_iterator(ds, batch_size=4, seed=3, shard_index=i, shard_count=2) for i in (0, 1)]
+  shards = [
+    data.train_iterator(ds, batch_size=4, seed=3, shard_index=i, shard_count=2) for i in (0, 1)
+  ]
   for _ in range(6):
     whole = next(single)
     parts = [next(shard) for shard in shards]
@@ -126,7 +135,9 @@ def test_eval_batches_are_padded_masked_and_in_index_order():
   labels = np.concatenate([b["label"] for b in batches])
   np.testing.assert_array_equal(labels[:12], LABELS[val])
   # Two processes: same batch count each, together every example once.
-  shards = [list(data.eval_batches(ds, "val", batch_size=4, shard_index=i, shard_count=2)) for i in (0, 1)]
+  shards = [
+    list(data.eval_batches(ds, "val", batch_size=4, shard_index=i, shard_count=2)) for i in (0, 1)
+  ]
   assert len(shards[0]) == len(shards[1]) == 2
   seen = np.concatenate([_records(b)[b["mask"]] for shard in shards for b in shard])
   np.testing.assert_array_equal(np.sort(seen), val)
@@ -145,7 +156,12 @@ def test_default_config_uses_loud_synthetic_shapes():
   config.image_size = (16, 16)
   ds = data.build(config, seed=0)
   assert "SYNTHETIC" in ds.description and "Split: train 28, val 6, test 6" in ds.description
-  assert ds.image_shape == (16, 16, 3) and ds.class_names == ("disc", "square", "triangle", "stripes")
+  assert ds.image_shape == (16, 16, 3) and ds.class_names == (
+    "disc",
+    "square",
+    "triangle",
+    "stripes",
+  )
 
 
 def test_clear_errors():
@@ -161,4 +177,6 @@ def test_clear_errors():
   with pytest.raises(ValueError, match="uint8 images"):
     data.ArraySource(np.zeros((2, 4, 4)), [0, 1], class_names=("a", "b"), description="x")
   with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
-    data.ArraySource(np.zeros((2, 4, 4, 1), np.uint8), [0, 2], class_names=("a", "b"), description="x")
+    data.ArraySource(
+      np.zeros((2, 4, 4, 1), np.uint8), [0, 2], class_names=("a", "b"), description="x"
+    )

@@ -26,7 +26,9 @@ def test_stratified_folds_equal_sklearn_without_shuffle(num_folds):
 
 def test_shuffled_stratified_folds_keep_sklearn_class_counts():
   folds = splits.stratified_folds(LABELS, num_folds=3, rng=np.random.default_rng(1))
-  sklearn_folds = StratifiedKFold(3, shuffle=True, random_state=1).split(np.zeros(len(LABELS)), LABELS)
+  sklearn_folds = StratifiedKFold(3, shuffle=True, random_state=1).split(
+    np.zeros(len(LABELS)), LABELS
+  )
   for fold, (_, test) in enumerate(sklearn_folds):
     np.testing.assert_array_equal(
       np.bincount(LABELS[folds == fold], minlength=3), np.bincount(LABELS[test], minlength=3)
@@ -44,7 +46,9 @@ def test_stratified_assign_splits_every_class_by_the_fractions():
 def test_stratified_assign_spreads_rounding_over_classes():
   # Four classes of 10 at 70/15/15: each has 1.5 + 1.5, and the totals 6 + 6 must hold.
   labels = np.repeat(np.arange(4), 10)
-  parts = splits.stratified_assign(labels, fractions=(0.7, 0.15, 0.15), rng=np.random.default_rng(0))
+  parts = splits.stratified_assign(
+    labels, fractions=(0.7, 0.15, 0.15), rng=np.random.default_rng(0)
+  )
   np.testing.assert_array_equal(np.bincount(parts), [28, 6, 6])
   for label in range(4):
     assert sorted(np.bincount(parts[labels == label], minlength=3)[1:]) == [1, 2]
@@ -134,8 +138,14 @@ def test_group_k_fold_folds_are_group_disjoint():
   labels, groups = _grouped_labels()
   for fold in range(2):
     result = splits.split_indices(
-      labels, groups, val_fraction=0.0, test_fraction=0.0, split_by="group", num_folds=2,
-      fold=fold, seed=0,
+      labels,
+      groups,
+      val_fraction=0.0,
+      test_fraction=0.0,
+      split_by="group",
+      num_folds=2,
+      fold=fold,
+      seed=0,
     )
     assert _is_partition(result, len(labels))
     assert not set(groups[result["train"]]) & set(groups[result["val"]])

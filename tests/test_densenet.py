@@ -54,13 +54,6 @@ def assert_stages_match(model, x, expected: dict[str, np.ndarray]):
     assert_close(actual[name], expected[name], tolerance=tolerance, name=name)
 
 
-def convert_torch(state_dict, tmp_path, arch: str):
-  path = tmp_path / f"{arch}.pth"
-  torch.save(state_dict, path)
-  convert.convert(source="torchvision", arch=arch, weights=path, out=tmp_path / "out")
-  return load_pretrained(tmp_path / "out")
-
-
 def torch_stages(reference: TorchDenseNet, images: np.ndarray) -> dict[str, np.ndarray]:
   with torch.no_grad():
     x = torch.from_numpy(np.transpose(images, (0, 3, 1, 2)))
@@ -69,22 +62,24 @@ def torch_stages(reference: TorchDenseNet, images: np.ndarray) -> dict[str, np.n
   return outputs
 
 
-@pytest.mark.parametrize("arch", sorted(PARAMETER_COUNTS))
-def test_parameter_counts_match_torchvision(arch):
-  reference = TorchDenseNet(densenet.BLOCK_LAYERS[arch])
-  assert sum(p.numel() for p in reference.parameters()) == PARAMETER_COUNTS[arch]
-  model = nnx.eval_shape(lambda: models.create(arch, rngs=nnx.Rngs(0)))
-  targets, param_count = convert.model_targets(model)
-  assert param_count == PARAMETER_COUNTS[arch]
-  # Every state-dict tensor but the step counters has a target of the same size.
-  state = {k: v for k, v in reference.state_dict().items() if "num_batches" not in k}
-  assert len(targets) == len(state)
-  assert sum(np.prod(s) for s in targets.values()) == sum(v.numel() for v in state.values())
+def test_reference_parameter_counts_match_torchvision():
+  for arch, count in PARAMETER_COUNTS.items():
+    reference = TorchDenseNet(densenet.BLOCK_LAYERS[arch])
+    assert sum(p.numel() for p in reference.parameters()) == count, arch
+
+
+def convert_torch(state_dict, tmp_path, arch: str):
+  path = tmp_path / f"{arch}.pth"
+  torch.save(state_dict, path)
+  metadata = convert.convert(source="torchvision", arch=arch, weights=path, out=tmp_path / "out")
+  assert metadata["variant"] == "torchvision" and metadata["preprocessing"] == "torch"
+  return metadata, *load_pretrained(tmp_path / "out")
 
 
 def test_torchvision_parity_full_size(tmp_path):
   reference = torch_densenet("densenet121", seed=1)
-  model, preprocess = convert_torch(reference.state_dict(), tmp_path, "densenet121")
+  metadata, model, preprocess = convert_torch(reference.state_dict(), tmp_path, "densenet121")
+  assert metadata["param_count"] == PARAMETER_COUNTS["densenet121"]
   images = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
   x = np.asarray(preprocess(jnp.asarray(images)))
   mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -95,21 +90,33 @@ def test_torchvision_parity_full_size(tmp_path):
 @pytest.mark.parametrize("arch", ["densenet169", "densenet201"])
 def test_torchvision_parity_small_inputs(tmp_path, arch):
   reference = torch_densenet(arch, num_classes=10, seed=2)
-  model, _ = convert_torch(reference.state_dict(), tmp_path, arch)
+  metadata, model, _ = convert_torch(reference.state_dict(), tmp_path, arch)
+  head_inputs = reference.classifier.in_features + 1
+  assert metadata["param_count"] == PARAMETER_COUNTS[arch] - (1000 - 10) * head_inputs
   x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
   assert_stages_match(model, x, torch_stages(reference, x))
 
 
-def test_old_torchvision_keys_convert_to_the_same_weights(tmp_path):
-  reference = torch_densenet("densenet121", seed=3)
-  old = legacy_state_dict(reference.state_dict())
-  assert "features.denseblock1.denselayer1.norm.1.weight" in old
-  new_model, _ = convert_torch(reference.state_dict(), tmp_path / "new", "densenet121")
-  old_model, _ = convert_torch(old, tmp_path / "old", "densenet121")
-  new_state = nnx.to_flat_state(nnx.state(new_model, convert.CONVERTED))
-  old_state = dict(nnx.to_flat_state(nnx.state(old_model, convert.CONVERTED)))
-  for path, variable in new_state:
-    np.testing.assert_array_equal(old_state[path].get_value(), variable.get_value(), str(path))
+def test_old_torchvision_keys_give_the_same_weights(tmp_path):
+  reference = TorchDenseNet(densenet.BLOCK_LAYERS["densenet121"], num_classes=3)
+  current, old = tmp_path / "current.pth", tmp_path / "old.pth"
+  torch.save(reference.state_dict(), current)
+  torch.save(legacy_state_dict(reference.state_dict()), old)
+  table = convert.rule_table("densenet121", "torchvision")
+  model = nnx.eval_shape(lambda: models.create("densenet121", num_classes=3, rngs=nnx.Rngs(0)))
+  targets, _ = convert.model_targets(model)
+  convert_file = lambda tensors: convert.apply_rules(
+    tensors, table.rules + table.head, targets=targets, ignore=table.ignore
+  )
+  old_tensors = convert.read_weights(old)
+  assert "features.denseblock1.denselayer1.norm.1.weight" in old_tensors
+  with pytest.raises(convert.ConversionError, match="norm.1.weight"):
+    convert_file(old_tensors)
+  expected = convert_file(convert.read_weights(current))
+  actual = convert_file(densenet.rename_legacy_torchvision_keys(old_tensors))
+  assert actual.keys() == expected.keys()
+  for path, array in expected.items():
+    np.testing.assert_array_equal(actual[path], array, path)
 
 
 def test_legacy_key_renaming():

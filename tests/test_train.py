@@ -1,7 +1,6 @@
 """End-to-end tests of jaxvir.train: runlocal, determinism, kill-and-resume, NaN, config errors."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -21,7 +20,7 @@ TINY_OVERRIDES = [
   "--config.data.image_size=(16, 16)", "--config.data.num_synthetic=256",
   "--config.model.kwargs.widths=(4, 8)", "--config.train.batch_size=16",
   "--config.train.epochs=4", "--config.train.early_stopping_patience=0",
-  "--config.freeze.patterns=('blocks/0/.*',)", "--config.freeze.thaw=((2, ('blocks/0/.*',)),)",
+  "--config.freeze.patterns=('block1/.*',)", "--config.freeze.thaw=((2, ('block1/.*',)),)",
   "--config.optim.plateau.patience=1",
 ]
 
@@ -34,8 +33,8 @@ def tiny_config():
   config.train.batch_size = 16
   config.train.epochs = 4
   config.train.early_stopping_patience = 0
-  config.freeze.patterns = ("blocks/0/.*",)
-  config.freeze.thaw = ((2, ("blocks/0/.*",)),)
+  config.freeze.patterns = ("block1/.*",)
+  config.freeze.thaw = ((2, ("block1/.*",)),)
   config.optim.plateau.patience = 1
   return config
 

@@ -8,7 +8,14 @@ Example:
   >>> it = data.train_iterator(ds, batch_size=32, seed=0)
 """
 
-from jaxvir.data.augment import AugmentOptions, device_augment, device_flip_rot90, device_random_crop
+# Importing a source module registers its sources.
+from jaxvir.data import folder_builder, synthetic_shapes  # noqa: F401
+from jaxvir.data.augment import (
+  AugmentOptions,
+  device_augment,
+  device_flip_rot90,
+  device_random_crop,
+)
 from jaxvir.data.pipeline import (
   Dataset,
   build,
@@ -20,5 +27,20 @@ from jaxvir.data.pipeline import (
 )
 from jaxvir.data.sources import ArraySource, Source, names, register
 
-# Importing a source module registers its sources.
-from jaxvir.data import folder_builder, synthetic_shapes  # noqa: E402,F401,I001
+__all__ = [
+  "ArraySource",
+  "AugmentOptions",
+  "Dataset",
+  "Source",
+  "build",
+  "default_config",
+  "device_augment",
+  "device_flip_rot90",
+  "device_random_crop",
+  "eval_batches",
+  "names",
+  "num_eval_batches",
+  "register",
+  "steps_per_epoch",
+  "train_iterator",
+]

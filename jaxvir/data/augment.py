@@ -63,6 +63,11 @@ class AugmentOptions:
     """Whether any augmentation is on."""
     return self.flip_horizontal or self.flip_vertical or self.rot90 or self.random_crop < 1.0
 
+  def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`augment_image(image, rng, self)`; the train pipeline calls this, so that a cached data
+    set (`jaxvir.prefix_cache`) can stand in with the same draws."""
+    return augment_image(image, rng, self)
+
 
 def crop_size(image_size: tuple[int, int], fraction: float) -> tuple[int, int]:
   """(height, width) of a crop keeping `fraction` of each side, at least one pixel."""
@@ -100,7 +105,9 @@ def _dihedral_draws(uniform, *, options: AugmentOptions, square: bool) -> tuple:
   return transpose, flip_rows, flip_columns
 
 
-def augment_image(image: np.ndarray, rng: np.random.Generator, options: AugmentOptions) -> np.ndarray:
+def augment_image(
+  image: np.ndarray, rng: np.random.Generator, options: AugmentOptions
+) -> np.ndarray:
   """Augments one uint8 (H, W, C) image on the host.
 
   Args:
@@ -155,7 +162,9 @@ def device_flip_rot90(
   Returns:
     the augmented batch, same shape and dtype.
   """
-  options = AugmentOptions(flip_horizontal=flip_horizontal, flip_vertical=flip_vertical, rot90=rot90)
+  options = AugmentOptions(
+    flip_horizontal=flip_horizontal, flip_vertical=flip_vertical, rot90=rot90
+  )
   square = images.shape[1] == images.shape[2]
   transpose, flip_rows, flip_columns = _dihedral_draws(
     jax.random.uniform(key, (3, images.shape[0])), options=options, square=square
@@ -169,7 +178,9 @@ def device_flip_rot90(
   return images
 
 
-def device_crop_and_resize(images: jax.Array, tops: jax.Array, lefts: jax.Array, *, size) -> jax.Array:
+def device_crop_and_resize(
+  images: jax.Array, tops: jax.Array, lefts: jax.Array, *, size
+) -> jax.Array:
   """Crops `size` at per-image offsets and resizes back bilinearly; the device twin of
   `crop_and_resize` (equal to PIL's bilinear resize within one grey level on uint8)."""
   height, width = images.shape[1:3]

@@ -79,7 +79,9 @@ def list_image_folder(directory: str | os.PathLike) -> FolderListing:
   """
   root = pathlib.Path(directory).expanduser().resolve()
   if not root.is_dir():
-    raise FileNotFoundError(f"config.data.dir={str(directory)!r} is not a directory; {_LAYOUT_HELP}")
+    raise FileNotFoundError(
+      f"config.data.dir={str(directory)!r} is not a directory; {_LAYOUT_HELP}"
+    )
   class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
   class_names, files, labels, num_ignored = [], [], [], 0
   for class_dir in class_dirs:
@@ -98,7 +100,9 @@ def list_image_folder(directory: str | os.PathLike) -> FolderListing:
       class_names.append(class_dir.name)
       files += sorted(class_files)
   if not files:
-    raise ValueError(f"config.data.dir={str(directory)!r} holds no images in subfolders; {_LAYOUT_HELP}")
+    raise ValueError(
+      f"config.data.dir={str(directory)!r} holds no images in subfolders; {_LAYOUT_HELP}"
+    )
   return FolderListing(root, tuple(class_names), tuple(files), tuple(labels), num_ignored)
 
 
@@ -119,7 +123,9 @@ def _to_8bit(image: Image.Image, mode: str) -> Image.Image:
   return image if image.mode == mode else image.convert(mode)
 
 
-def decode_image(path: str | os.PathLike, *, image_size: tuple[int, int], channels: int) -> np.ndarray:
+def decode_image(
+  path: str | os.PathLike, *, image_size: tuple[int, int], channels: int
+) -> np.ndarray:
   """Reads an image file as uint8 (H, W, channels) at `image_size` (height, width).
 
   Args:
@@ -184,7 +190,9 @@ class JaxvirImageFolder(tfds.core.GeneratorBasedBuilder):
   # it does not install; a local folder has no checksums to look up.
   code_path = None
 
-  def __init__(self, *, listing: FolderListing, **kwargs):
+  def __init__(self, *, listing: FolderListing | None = None, **kwargs):
+    """`listing` is needed to prepare; readers (e.g. grain workers unpickling a data source)
+    reopen a prepared copy without it."""
     self.listing = listing
     super().__init__(**kwargs)
 
@@ -193,7 +201,7 @@ class JaxvirImageFolder(tfds.core.GeneratorBasedBuilder):
     shape = (*config.image_size, config.channels)
     return tfds.core.DatasetInfo(
       builder=self,
-      description=f"The image folder {self.listing.root}",
+      description="An image folder, decoded and resized by jaxvir.",
       features=tfds.features.FeaturesDict(
         {
           # Raw pixels, zlib-compressed: lossless, and decoded by numpy alone.
@@ -215,6 +223,8 @@ class JaxvirImageFolder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self):
     config = self.builder_config
     listing = self.listing
+    if listing is None:
+      raise ValueError("JaxvirImageFolder needs `listing=` to prepare a folder")
 
     def read(relative: str):
       try:
@@ -292,7 +302,9 @@ def prepare_folder(
     file_format="array_record",
   )
   if not builder.is_prepared():
-    logging.info("preparing %s (%d images) in %s", listing.root, len(listing.files), builder.data_dir)
+    logging.info(
+      "preparing %s (%d images) in %s", listing.root, len(listing.files), builder.data_dir
+    )
     builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(listing.root))
     )

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from jaxvir.data import splits as splits_lib
-from jaxvir.data.augment import AugmentOptions, augment_image
+from jaxvir.data.augment import AugmentOptions
 from jaxvir.data.sources import Source, build_source
 
 BALANCE_MODES = ("none", "undersample", "loss_weights")
@@ -46,9 +46,9 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = "folder"  # a registered source: "folder", "synthetic_shapes", ...
   config.dir = ml_collections.FieldReference(None, field_type=str)  # None: synthetic shapes
-  config.image_size = (64, 64)  # (height, width) every image is resized to
+  config.image_size = (32, 32)  # (height, width) every image is resized to
   config.channels = 3  # 1 (grey) or 3 (colour); inputs are converted
-  config.num_synthetic = 800  # images of the embedded synthetic shapes
+  config.num_synthetic = 1600  # images of the embedded synthetic shapes
   config.val_fraction = 0.15
   config.test_fraction = 0.15
   config.split_by = "example"  # "example" or "group" (whole groups held out)
@@ -224,7 +224,9 @@ def steps_per_epoch(ds: Dataset, *, batch_size: int, shard_count: int | None = N
 class _TrainExample:
   """Stream position -> augmented record; a picklable pure function of (seed, position)."""
 
-  def __init__(self, ds: Dataset, *, batch_size: int, seed: int, shard_index: int, shard_count: int):
+  def __init__(
+    self, ds: Dataset, *, batch_size: int, seed: int, shard_index: int, shard_count: int
+  ):
     self._records = ds.source.records
     self._labels = ds.source.labels
     self._train = ds.splits["train"]
@@ -259,7 +261,7 @@ class _TrainExample:
     image = record["image"]
     if self._augment.enabled:
       rng = np.random.default_rng([self._seed, epoch, position, 1])
-      image = augment_image(image, rng, self._augment)
+      image = self._augment.apply(image, rng)
     return {"image": image, "label": np.int32(record["label"])}
 
 
@@ -312,20 +314,30 @@ def train_iterator(
 class _EvalBatch:
   """Batch number -> a padded batch with its mask; picklable."""
 
-  def __init__(self, records, indices: np.ndarray, *, batch_size: int, shard_index: int,
-               shard_count: int, image_shape: tuple[int, int, int]):
+  def __init__(
+    self,
+    records,
+    indices: np.ndarray,
+    *,
+    batch_size: int,
+    shard_index: int,
+    shard_count: int,
+    image_shape: tuple[int, int, int],
+  ):
     self._records = records
     self._indices = indices
     self._batch_size = batch_size
     self._shard_index = shard_index
     self._global_batch = batch_size * shard_count
     self._image_shape = image_shape
+    # uint8 images, or float features of a cached data set (jaxvir.prefix_cache).
+    self._image_dtype = records[0]["image"].dtype
 
   def __call__(self, batch: int) -> dict[str, np.ndarray]:
     start = batch * self._global_batch + self._shard_index * self._batch_size
     positions = np.arange(start, start + self._batch_size)
     mask = positions < len(self._indices)
-    images = np.zeros((self._batch_size, *self._image_shape), np.uint8)
+    images = np.zeros((self._batch_size, *self._image_shape), self._image_dtype)
     labels = np.zeros(self._batch_size, np.int32)
     for row in np.flatnonzero(mask):
       record = self._records[int(self._indices[positions[row]])]

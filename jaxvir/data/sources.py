@@ -51,7 +51,9 @@ class Source:
   def __post_init__(self):
     labels = np.asarray(self.labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-      raise ValueError(f"Source.labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+      raise ValueError(
+        f"Source.labels must be a 1-D integer array, got {labels.dtype} {labels.shape}"
+      )
     if len(labels) != len(self.records):
       raise ValueError(
         f"Source.labels has {len(labels)} entries but records has {len(self.records)}"
@@ -155,7 +157,9 @@ def build_source(data_config: ml_collections.ConfigDict, *, seed: int) -> Source
   """Builds the source registered as `data_config.name`."""
   name = data_config.name
   if name not in _BUILDERS:
-    raise ValueError(f"config.data.name={name!r} is unknown; registered sources: {', '.join(names())}")
+    raise ValueError(
+      f"config.data.name={name!r} is unknown; registered sources: {', '.join(names())}"
+    )
   source = _BUILDERS[name](data_config, seed=seed)
   if not isinstance(source, Source):
     raise TypeError(f"data source {name!r} returned {type(source).__name__}, not data.Source")

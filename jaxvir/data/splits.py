@@ -147,8 +147,9 @@ def group_assign(
   part_counts = np.zeros((len(fractions), len(class_ids)), np.int64)
   part_of_group = np.empty(len(group_ids), np.int64)
   for group in order:
-    candidates = part_counts[None] + np.eye(len(fractions), dtype=np.int64)[:, :, None] * (
-      per_group[group][None, None]
+    candidates = (
+      part_counts[None]
+      + np.eye(len(fractions), dtype=np.int64)[:, :, None] * (per_group[group][None, None])
     )
     deviation = candidates / class_totals - fractions[None, :, None]
     costs = np.sum(deviation**2, axis=(1, 2))
@@ -253,9 +254,7 @@ def class_weights(labels: np.ndarray, *, num_classes: int) -> np.ndarray:
   return weights.astype(np.float32)
 
 
-def undersample(
-  indices: np.ndarray, labels: np.ndarray, *, rng: np.random.Generator
-) -> np.ndarray:
+def undersample(indices: np.ndarray, labels: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
   """A shuffled subset of `indices` with equally many examples of every present class.
 
   Args:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxvir.models import layers
 from jaxvir.models.registry import register
 
 
@@ -24,11 +25,9 @@ class ConvBlock(nnx.Module):
     return nnx.max_pool(jax.nn.relu(x), (2, 2), strides=(2, 2))
 
 
-class SmallCNN(nnx.Module):
-  """A few `ConvBlock`s, global average pooling, dropout and a linear head.
-
-  Parameter groups for freezing: `blocks/0`, `blocks/1`, ..., `head`.
-  """
+class SmallCNN(layers.Staged):
+  """`ConvBlock`s `block1`..`blockN`, then a `head` stage: global average pooling, dropout and a
+  linear layer. Parameter groups for freezing: `block1`, ..., `head`."""
 
   def __init__(
     self,
@@ -42,21 +41,20 @@ class SmallCNN(nnx.Module):
   ):
     self.dtype = dtype
     channels = (in_channels, *widths)
-    self.blocks = nnx.List(
-      [ConvBlock(i, o, dtype=dtype, rngs=rngs) for i, o in zip(channels, channels[1:])]
-    )
+    for index, (i, o) in enumerate(zip(channels, channels[1:], strict=False), start=1):
+      setattr(self, f"block{index}", ConvBlock(i, o, dtype=dtype, rngs=rngs))
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
     self.head = nnx.Linear(channels[-1], num_classes, dtype=dtype, rngs=rngs)
+    self.stage_names = (*(f"block{i}" for i in range(1, len(widths) + 1)), "head")
 
   def preprocess(self, images: jax.Array) -> jax.Array:
     """Scales uint8 images to [0, 1] in the compute dtype."""
     return images.astype(self.dtype) / 255.0
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for block in self.blocks:
-      x = block(x)
-    x = self.dropout(jnp.mean(x, axis=(1, 2)))
-    return self.head(x)
+  def run_stage(self, name: str, x: jax.Array) -> jax.Array:
+    if name == "head":
+      return self.head(self.dropout(jnp.mean(x, axis=(1, 2))))
+    return getattr(self, name)(x)
 
 
 @register("small_cnn")
@@ -69,7 +67,12 @@ def small_cnn(
   dropout: float = 0.1,
   dtype=jnp.float32,
 ) -> SmallCNN:
-  """Creates a `SmallCNN` with `len(widths)` blocks."""
+  """Creates a `SmallCNN` with `len(widths)` blocks.
+
+  Example:
+
+    >>> model = small_cnn(num_classes=4, rngs=nnx.Rngs(params=0, dropout=1))
+  """
   return SmallCNN(
     num_classes=num_classes, in_channels=in_channels, widths=widths, dropout=dropout, dtype=dtype,
     rngs=rngs,

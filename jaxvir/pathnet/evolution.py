@@ -148,12 +148,15 @@ class EvolutionState:
 def cross_entropy_and_accuracy(logits: jax.Array, labels: jax.Array):
   """Mean softmax cross-entropy and accuracy over the last-but-one axis (the batch).
 
-  `labels` broadcast against `logits.shape[:-1]` (one label row serves all pathways).
+  `labels` broadcast against `logits.shape[:-1]` (one label row serves all pathways). The
+  loss is written with a one-hot product: the gradient of an integer-label gather is a
+  scatter-add, which XLA:CPU ran superlinearly slowly in the population size.
   """
   labels = jnp.broadcast_to(labels, logits.shape[:-1])
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(-1)
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  losses = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(one_hot * logits, axis=-1)
   accuracy = (jnp.argmax(logits, -1) == labels).mean(-1)
-  return losses, accuracy
+  return losses.mean(-1), accuracy
 
 
 def mean_gradient_per_module(
@@ -257,9 +260,9 @@ class Evolution:
 
   def population_logits(self, params, readout, weights, features):
     """(P, B, K) logits of all pathways (weights (P, L, M)) on one batch of features."""
-    conv = supernet.conv_all(params, features, spec=self.spec)
+    pairs = supernet.module_pairs(params, features, spec=self.spec)
     return jax.vmap(supernet.pathway_logits, in_axes=(None, None, 0, None))(
-      params, readout, weights, conv
+      params, readout, weights, pairs
     )
 
   def _train(self, state: EvolutionState, weights, batch_indices, data: EvolutionData):
@@ -307,10 +310,10 @@ class Evolution:
 
   def validation_accuracy(self, params, readout, weights, features, labels) -> jax.Array:
     """(P,) accuracy of each pathway on a whole (validation) set, pathways in chunks."""
-    conv = supernet.conv_all(params, features, spec=self.spec)
+    pairs = supernet.module_pairs(params, features, spec=self.spec)
 
     def one(w):
-      logits = supernet.pathway_logits(params, readout, w, conv)
+      logits = supernet.pathway_logits(params, readout, w, pairs)
       return (jnp.argmax(logits, -1) == labels).mean()
 
     chunk = min(self.settings.validation_chunk, weights.shape[0])

@@ -9,15 +9,17 @@ Parameters are plain pytrees with the M modules of a layer stacked on the leadin
 that a whole population of pathways is evaluated with one matrix product per layer:
 every module of a layer runs on the batch and each pathway mixes the outputs with its
 per-module weights `(L, M)` (zero for inactive modules). With a shared minibatch the
-convolution of all M layer-1 modules is computed once for the whole population.
+convolution of all M layer-1 modules, and the wide layer-2 product of every pair of
+layer-1 and layer-2 modules (`module_pairs`), are computed once for the whole population;
+only the narrow mixing and the later layers run per pathway.
 
 Example:
 
   >>> spec = SupernetSpec(num_modules=10, conv_channels=16, hidden_sizes=(20, 20))
   >>> params = init_params(jax.random.key(0), spec, feature_shape=(4, 4, 512))
   >>> readout = init_readout(jax.random.key(1), spec, num_classes=3)
-  >>> conv = conv_all(params, features, spec=spec)  # (B, 4, 4, 10, 16), once per batch
-  >>> logits = pathway_logits(params, readout, weights, conv)  # weights: (3, 10)
+  >>> pairs = module_pairs(params, features, spec=spec)  # (10, 10, B, 20), once per batch
+  >>> logits = pathway_logits(params, readout, weights, pairs)  # weights: (3, 10)
 """
 
 import dataclasses
@@ -144,23 +146,37 @@ def conv_all(params: dict, features: jax.Array, *, spec: SupernetSpec) -> jax.Ar
   return jax.nn.relu(out + params["conv"]["bias"])
 
 
-def pathway_logits(
-  params: dict, readout: dict, weights: jax.Array, conv_outputs: jax.Array
-) -> jax.Array:
-  """Logits of one pathway given the outputs of all layer-1 modules.
+def module_pairs(params: dict, features: jax.Array, *, spec: SupernetSpec) -> jax.Array:
+  """Layer-2 pre-activations of every (layer-1 module, layer-2 module) pair: (M, M, B, H1).
+
+  A pathway's layer-2 input is a weighted sum of layer-1 module outputs, and the layer-2
+  product is linear in it, so `sum_m w[m] * pairs[m, j]` is the pre-activation of layer-2
+  module j for any pathway. Computing the pairs once per batch makes the expensive
+  (h*w*C)-wide product independent of the population size.
+  """
+  conv = conv_all(params, features, spec=spec)  # (B, h, w, M, C)
+  kernel = params["fc1"]["kernel"]  # (M, h*w*C, H1)
+  _, h, w, m, channels = conv.shape
+  kernel = kernel.reshape(m, h, w, channels, kernel.shape[-1])
+  return jnp.einsum("bhwmc,jhwcd->mjbd", conv, kernel)
+
+
+def pathway_logits(params: dict, readout: dict, weights: jax.Array, pairs: jax.Array) -> jax.Array:
+  """Logits of one pathway given the module pairs of a batch.
 
   Args:
     params: module parameters (`init_params`).
     readout: the task's readout (`init_readout`).
     weights: (L, M) per-module weights of the pathway (`genotypes.module_weights`).
-    conv_outputs: (B, h, w, M, C) from `conv_all`.
+    pairs: (M, M, B, H1) from `module_pairs`.
 
   Returns:
     (B, num_classes) logits.
   """
-  batch = conv_outputs.shape[0]
-  hidden = jnp.einsum("bhwmc,m->bhwc", conv_outputs, weights[0]).reshape(batch, -1)
-  for layer in range(1, weights.shape[0]):
+  fc = params["fc1"]
+  outputs = jax.nn.relu(jnp.einsum("m,mjbd->jbd", weights[0], pairs) + fc["bias"][:, None])
+  hidden = jnp.einsum("jbd,j->bd", outputs, weights[1])
+  for layer in range(2, weights.shape[0]):
     fc = params[f"fc{layer}"]
     outputs = jax.nn.relu(jnp.einsum("bd,mdh->bmh", hidden, fc["kernel"]) + fc["bias"])
     hidden = jnp.einsum("bmh,m->bh", outputs, weights[layer])
@@ -171,4 +187,4 @@ def logits(
   params: dict, readout: dict, weights: jax.Array, features: jax.Array, *, spec: SupernetSpec
 ) -> jax.Array:
   """Logits of one pathway (weights (L, M)) on encoder features (B, h, w, c)."""
-  return pathway_logits(params, readout, weights, conv_all(params, features, spec=spec))
+  return pathway_logits(params, readout, weights, module_pairs(params, features, spec=spec))
