@@ -29,6 +29,6 @@ def get_config(arg=None):
   config.train.early_stopping_patience = 4
   if arg == "runlocal":
     config_lib.runlocal(config)
-    config.data.image_size = (32, 32)
-    config.train.epochs = 10
+    config.data.num_synthetic = 1600
+    config.train.epochs = 8
   return config

@@ -59,7 +59,7 @@ def restore_data_iterator(mngr, step: int, data_iterator) -> None:
     data_iterator)}))
 
 
-def restore(mngr, step: int, *, abstract_state, data_iterator=None):
+def restore(mngr, step: int, *, abstract_state):
   """Restores checkpoint `step` into the shapes and shardings of `abstract_state`.
 
   Args:
@@ -67,13 +67,34 @@ def restore(mngr, step: int, *, abstract_state, data_iterator=None):
     step: the checkpoint's step.
     abstract_state: `jax.ShapeDtypeStruct`s (with shardings) of the state, e.g. from
       `jax.eval_shape`.
-    data_iterator: a grain iterator whose position is restored in place, if given.
 
   Returns:
     `(state, loop)`: the restored state and the loop's JSON state.
   """
-  items = {STATE: ocp.args.StandardRestore(abstract_state), LOOP: ocp.args.JsonRestore()}
-  if data_iterator is not None:
-    items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
-  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  restored = mngr.restore(step, args=ocp.args.Composite(
+    **{STATE: ocp.args.StandardRestore(abstract_state), LOOP: ocp.args.JsonRestore()}))
   return restored[STATE], restored[LOOP]
+
+
+def restore_loop(mngr, step: int) -> dict:
+  """The loop's JSON state of checkpoint `step` alone."""
+  return mngr.restore(step, args=ocp.args.Composite(**{LOOP: ocp.args.JsonRestore()}))[LOOP]
+
+
+def restore_variables(mngr, step: int, *, abstract_variables: dict) -> dict:
+  """Restores only the model's entries of the saved state (no optimizer state), for inference.
+
+  Args:
+    mngr: the manager.
+    step: the checkpoint's step.
+    abstract_variables: `{"params": ..., "batch_stats": ..., "rest": ...}` of
+      `jax.ShapeDtypeStruct`s with shardings.
+
+  Returns:
+    The same structure, restored.
+  """
+  args = ocp.args.PyTreeRestore(
+    item=abstract_variables, partial_restore=True,
+    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_variables),
+  )
+  return mngr.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]

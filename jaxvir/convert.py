@@ -337,17 +337,22 @@ def apply_rules(
     ...             targets={"head/bias": (3,)})["head/bias"].shape
     (3,)
   """
-  filled, used, problems = {}, set(), []
+  filled, problems = {}, []
+  # Sources some rule reads and targets some rule writes: a failed rule is reported once, not
+  # again as a leftover source or an unfilled target.
+  read, written = set(), set()
   for rule in rules:
     if rule.source not in tensors:
       problems.append(f"source tensor {rule.source!r} (for {rule.target}) is missing")
       continue
+    read.add(rule.source)
     if rule.target not in targets:
       problems.append(f"rule target {rule.target!r} is not a path of the model")
       continue
-    if rule.target in filled:
+    if rule.target in written:
       problems.append(f"target {rule.target!r} is filled twice (second from {rule.source!r})")
       continue
+    written.add(rule.target)
     array = np.asarray(rule.transform(tensors[rule.source]), np.float32)
     if array.shape != tuple(targets[rule.target]):
       problems.append(
@@ -356,12 +361,11 @@ def apply_rules(
       )
       continue
     filled[rule.target] = array
-    used.add(rule.source)
-  unfilled = set(targets) - set(filled)
+  unfilled = set(targets) - written
   if unfilled:
     problems.append(f"{len(unfilled)} model paths not filled: {_listing(unfilled)}")
   ignored = re.compile("|".join(f"(?:{p})" for p in ignore)) if ignore else None
-  leftover = {n for n in tensors if n not in used and not (ignored and ignored.fullmatch(n))}
+  leftover = {n for n in tensors if n not in read and not (ignored and ignored.fullmatch(n))}
   if leftover:
     problems.append(f"{len(leftover)} source tensors not converted: {_listing(leftover)}")
   if problems:

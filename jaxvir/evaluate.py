@@ -31,6 +31,7 @@ REPORT_FILE = "report.json"
 REPORT_FORMAT = "jaxvir.report/1"
 PLOTS_DIR = "plots"
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
 
 
 def _to_json(value: Any) -> Any:
@@ -88,17 +89,13 @@ def read_report(workdir: str | pathlib.Path) -> dict[str, Any]:
 def _store_split(
   workdir: pathlib.Path, split: str, task: str, report_metrics: dict[str, Any], extra
 ) -> dict[str, Any]:
-  extra = dict(extra or {})
-  reserved = sorted(set(extra) & {"split", "task", "created", "metrics"})
-  if reserved:
-    raise ValueError(f"extra must not set the report's own fields {reserved}; rename them.")
   path = workdir / REPORT_FILE
   report = read_report(workdir) if path.is_file() else {"format": REPORT_FORMAT, "splits": {}}
   entry = {
     "split": split,
     "task": task,
     "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    **extra,
+    **(extra or {}),
     "metrics": report_metrics,
   }
   report["splits"][split] = entry
@@ -106,9 +103,12 @@ def _store_split(
   return entry
 
 
-def _check_split(split: str) -> None:
+def _check_split_and_extra(split: str, extra: Mapping[str, Any] | None) -> None:
   if not split or not all(char.isalnum() or char in "-_" for char in split):
     raise ValueError(f"split must be a non-empty name of letters, digits, - and _, got {split!r}.")
+  reserved = sorted(set(extra or {}) & {"split", "task", "created", "metrics"})
+  if reserved:
+    raise ValueError(f"extra must not set the report's own fields {reserved}; rename them.")
 
 
 def _plot_training_curves(workdir: pathlib.Path) -> None:
@@ -155,7 +155,7 @@ def write_report(
     ...                      class_names=["covid", "normal"], split="test",
     ...                      extra={"checkpoint_step": 1200})
   """
-  _check_split(split)
+  _check_split_and_extra(split, extra)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   report_metrics = metrics.classification_report(
@@ -229,7 +229,7 @@ def write_count_report(
     >>> entry = write_count_report("runs/twinvae", true_counts=counts,  # doctest: +SKIP
     ...                            predicted_counts=outputs, split="nat_test")
   """
-  _check_split(split)
+  _check_split_and_extra(split, extra)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   report_metrics = metrics.regression_report(
@@ -249,8 +249,6 @@ def write_count_report(
   _plot_training_curves(workdir)
   return _store_split(workdir, split, "counting", report_metrics, extra)
 
-
-CONFIG_FILE = "config.json"
 
 # (column, label, path in a split entry's metrics, path of its interval or None), per task.
 _COMPARED_METRICS = {
@@ -483,7 +481,7 @@ def evaluate_run(
   """
   from jaxvir import train
 
-  _check_split(split)
+  _check_split_and_extra(split, None)
   run = load_classifier(workdir, checkpoint=checkpoint)
   if run.dataset.num_examples(split) == 0:
     counts = {name: run.dataset.num_examples(name) for name in ("train", "val", "test")}

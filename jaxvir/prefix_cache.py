@@ -81,14 +81,14 @@ def reachable_variants(options: augment_lib.AugmentOptions, *, square: bool) -> 
       "config.cache.frozen_prefix needs augmentation from a finite set; random_crop < 1 is not"
     )
   grid = np.array(list(itertools.product((0.0, 0.25, 0.5, 0.75), (0.25, 0.75), (0.25, 0.75)))).T
-  transpose, rows, cols = augment_lib._dihedral_draws(grid, options=options, square=square)
+  transpose, rows, cols = augment_lib.dihedral_draws(grid, options=options, square=square)
   ids = 4 * np.broadcast_to(transpose, grid.shape[1]) + 2 * np.broadcast_to(rows, grid.shape[1])
   return tuple(sorted(set((ids + np.broadcast_to(cols, grid.shape[1])).tolist())))
 
 
 def variant_of(rng: np.random.Generator, options: augment_lib.AugmentOptions, *, square: bool):
   """The variant id that `augment_image` would draw from `rng` (same draws, same order)."""
-  transpose, rows, cols = augment_lib._dihedral_draws(rng.random(3), options=options,
+  transpose, rows, cols = augment_lib.dihedral_draws(rng.random(3), options=options,
                                                       square=square)
   return int(4 * transpose + 2 * rows + cols)
 

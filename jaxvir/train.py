@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 import tqdm
 from flax import nnx
-from tensorboardX import SummaryWriter
 
 from jaxvir import checkpoint, data, models, optim, parallel, steps, tasks
 from jaxvir import config as config_lib
@@ -171,7 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   dataset = data.build(config.data, seed=config.seed)
   log.warning("DATA: %s", dataset.description)
   num_classes = len(dataset.class_names)
-  steps_per_epoch = data.steps_per_epoch(dataset, batch_size=config.train.batch_size)
+  process_batch = config.train.batch_size // jax.process_count()
+  steps_per_epoch = data.steps_per_epoch(dataset, batch_size=process_batch)
   total_steps = steps_per_epoch * config.train.epochs
 
   # Model: shapes first (no allocation), to build the optimizer and shardings.
@@ -220,8 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           "plateau_best": None, "stopped_early": False}
   latest = mngr.latest_step()
   if latest is not None:
-    loop = mngr.restore(latest, args=checkpoint.ocp.args.Composite(
-      loop=checkpoint.ocp.args.JsonRestore()))[checkpoint.LOOP]
+    loop = checkpoint.restore_loop(mngr, latest)
   # The saved optimizer state has the structure of the phase of the last finished epoch.
   phase = rules.phase(max(loop["epoch"] - 1, 0))
   tx, init_state, abstract_state, state_sharding = build_phase(max(loop["epoch"] - 1, 0))
@@ -250,11 +249,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   train_step = make_train_step()
   eval_step = steps.make_eval_step(eval_graphdef, eval_fn, mesh=mesh)
   train_iterator = data.train_iterator(
-    train_data, batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
+    train_data, batch_size=process_batch, seed=config.seed,
     shard_index=jax.process_index(), shard_count=jax.process_count(),
   )
   if latest is not None:
     checkpoint.restore_data_iterator(mngr, latest, train_iterator)
+  # Imported here: tensorboardX imports torch when it is installed, which takes seconds.
+  from tensorboardX import SummaryWriter
+
   writer = SummaryWriter(str(workdir)) if is_main else None
   metrics_path = workdir / "metrics.jsonl"
 
@@ -345,6 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                   patience)
       break
   bar.close()
+  train_iterator.close()
   mngr.wait_until_finished()
   if writer is not None:
     writer.close()
@@ -386,8 +389,7 @@ def load_run(
   dataset = dataset or data.build(config.data, seed=config.seed)
   mngr = checkpoint.manager(workdir / "checkpoints", keep=config.checkpoint.keep, read_only=True)
   if checkpoint_name == "best":
-    step = mngr.restore(mngr.latest_step(), args=checkpoint.ocp.args.Composite(
-      loop=checkpoint.ocp.args.JsonRestore()))[checkpoint.LOOP]["best_step"]
+    step = checkpoint.restore_loop(mngr, mngr.latest_step())["best_step"]
   elif checkpoint_name == "last":
     step = mngr.latest_step()
   else:
@@ -405,11 +407,7 @@ def load_run(
     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
     {"params": params, "batch_stats": batch_stats, "rest": rest},
   )
-  restored = mngr.restore(step, args=checkpoint.ocp.args.Composite(
-    state=checkpoint.ocp.args.PyTreeRestore(
-      item=abstract, partial_restore=True,
-      restore_args=checkpoint.ocp.checkpoint_utils.construct_restore_args(abstract),
-    )))[checkpoint.STATE]
+  restored = checkpoint.restore_variables(mngr, step, abstract_variables=abstract)
   _, eval_fn = classification_fns(config, None)
   eval_step = steps.make_eval_step(eval_graphdef, eval_fn, mesh=mesh)
   variables = (restored["params"], restored["batch_stats"], restored["rest"])

@@ -38,7 +38,8 @@ def test_masks_have_the_area_of_their_shape():
   # Redraw the radii the generator drew (its first draw) to compare areas with geometry.
   radius = np.random.default_rng(0).uniform(0.28, 0.42, len(labels)) * size
   ratio = masks.sum(axis=(1, 2)) / radius**2
-  expected = {0: np.pi, 1: 1.6**2, 2: 3 * np.sqrt(3) / 4}  # disc, square (side 1.6 r), triangle
+  # Areas / r^2: ring from r/2 to r, square of side 1.6 r, triangle inscribed in radius r.
+  expected = {0: 0.75 * np.pi, 1: 1.6**2, 2: 3 * np.sqrt(3) / 4}
   for label, area in expected.items():
     np.testing.assert_allclose(ratio[labels == label], area, rtol=0.12)
   # Stripes cover about half of the image.

@@ -178,6 +178,7 @@ def test_predict_writes_csv_with_errors_for_unreadable_files(trained_run, tmp_pa
     "2.png",
     "broken.png",
     "missing.png",
+    xray.name,
   ]
   run = evaluate.load_classifier(trained_run, checkpoint="last")
   names = list(run.dataset.class_names)

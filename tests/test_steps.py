@@ -121,3 +121,18 @@ def test_same_result_on_one_and_many_devices(devices):
   np.testing.assert_allclose(results[0]["loss"], results[1]["loss"], rtol=1e-5)
   for one, many in zip(results[0]["params"], results[1]["params"]):
     np.testing.assert_allclose(one, many, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_computes_in_bf16_with_float32_parameters():
+  model = models.create(
+    "small_cnn", num_classes=3, widths=(4, 8), dtype=jnp.bfloat16,
+    rngs=nnx.Rngs(params=0, dropout=1),
+  )
+  logits = model(model.preprocess(BATCH["image"]))
+  assert logits.dtype == jnp.bfloat16
+  assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
+  assert {s.dtype for s in jax.tree.leaves(nnx.state(model, nnx.BatchStat))} == {
+    jnp.dtype("float32")
+  }
+  loss, _ = tasks.classification_loss(logits, BATCH["label"])
+  assert loss.dtype == jnp.float32

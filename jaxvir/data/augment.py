@@ -84,7 +84,7 @@ def crop_and_resize(image: np.ndarray, *, top: int, left: int, size: tuple[int, 
   return np.asarray(Image.fromarray(crop).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def _dihedral_draws(uniform, *, options: AugmentOptions, square: bool) -> tuple:
+def dihedral_draws(uniform, *, options: AugmentOptions, square: bool) -> tuple:
   """(transpose, flip rows, flip columns) from uniforms `uniform[0:3]` in [0, 1).
 
   Works on numpy scalars (host, one image) and jnp vectors (device, one entry per image) alike:
@@ -124,7 +124,7 @@ def augment_image(
     top = int(rng.integers(0, height - size[0] + 1))
     left = int(rng.integers(0, width - size[1] + 1))
     image = crop_and_resize(image, top=top, left=left, size=size)
-  transpose, flip_rows, flip_columns = _dihedral_draws(
+  transpose, flip_rows, flip_columns = dihedral_draws(
     rng.random(3), options=options, square=height == width
   )
   if transpose:
@@ -166,7 +166,7 @@ def device_flip_rot90(
     flip_horizontal=flip_horizontal, flip_vertical=flip_vertical, rot90=rot90
   )
   square = images.shape[1] == images.shape[2]
-  transpose, flip_rows, flip_columns = _dihedral_draws(
+  transpose, flip_rows, flip_columns = dihedral_draws(
     jax.random.uniform(key, (3, images.shape[0])), options=options, square=square
   )
   if rot90 and square:

@@ -20,7 +20,10 @@ import os
 import pathlib
 import socket
 
+import ml_collections
 import numpy as np
+
+from jaxvir.data import sources
 
 # MIT-BIH symbols and the names reported for them.
 SYMBOL_NAMES = {
@@ -352,3 +355,130 @@ def settings_key(settings: dict) -> str:
   """A short stable hash of JSON-serialisable settings, for cache file names."""
   text = json.dumps(settings, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_ecg_config() -> ml_collections.ConfigDict:
+  """The `config.data.ecg` fields of the `mitdb_beats` source, with their defaults."""
+  config = ml_collections.ConfigDict()
+  config.symbols = ("A", "L", "R")  # annotation symbols kept; label i is symbols[i]
+  config.window = 256  # samples per beat (360 Hz), centred on the annotation
+  config.records = ()  # record names to read; () reads every record in data.dir
+  config.line_width = 1.5  # stroke width in pixels
+  config.download = True  # try PhysioNet (fails fast without network) when data.dir is empty
+  config.synthetic_beats_per_class = 1000  # used when no records can be found or fetched
+  config.synthetic_patients = 8
+  return config
+
+
+def load_beats(data_config, *, seed: int) -> Beats:
+  """MIT-BIH beats from `data_config.dir`, downloaded there, or synthetic (logged loudly)."""
+  ecg = data_config.get("ecg") or default_ecg_config()
+  directory = data_config.dir
+  if directory and not record_names(directory) and ecg.download:
+    try_download(directory)
+  if directory and record_names(directory):
+    return read_beats(
+      directory,
+      symbols=tuple(ecg.symbols),
+      window=ecg.window,
+      records=tuple(ecg.records) or None,
+    )
+  logging.warning(
+    "no MIT-BIH records in data.dir=%r: using SYNTHETIC ECG beats (set data.dir to a folder "
+    "of MIT-BIH records, e.g. from wfdb.dl_database('mitdb', DIR), for real data)",
+    directory,
+  )
+  return synthesize_beats(
+    ecg.synthetic_beats_per_class,
+    symbols=tuple(ecg.symbols),
+    window=ecg.window,
+    num_patients=ecg.synthetic_patients,
+    seed=seed,
+  )
+
+
+def _directory_fingerprint(directory) -> list:
+  """Names, sizes and modification times of the record files, for cache keys."""
+  if not directory or not pathlib.Path(directory).is_dir():
+    return []
+  return [
+    (path.name, path.stat().st_size, int(path.stat().st_mtime))
+    for path in sorted(pathlib.Path(directory).iterdir())
+    if path.suffix in (".hea", ".dat", ".atr")
+  ]
+
+
+def rendered_beats(data_config, *, seed: int) -> tuple[np.ndarray, Beats]:
+  """(images uint8 (n, H, W, 1), beats), from the cache when the settings were seen before.
+
+  The cache is a `.npz` file (read without pickle) in `data_config.cache_dir`, named by a hash
+  of the ECG settings, the image size, the record files (names, sizes, times) and, for
+  synthetic beats, the seed.
+  """
+  ecg = data_config.get("ecg") or default_ecg_config()
+  height, width = tuple(data_config.image_size)
+  if height != width:
+    raise ValueError(f"config.data.image_size={data_config.image_size}: ECG images are square")
+  settings = {
+    "ecg": ecg.to_dict(),
+    "size": height,
+    "dir": str(data_config.dir),
+    "files": _directory_fingerprint(data_config.dir),
+    "seed": seed,
+    "version": 1,
+  }
+  cache_dir = pathlib.Path(os.path.expanduser(data_config.cache_dir))
+  path = cache_dir / f"mitdb_beats_{settings_key(settings)}.npz"
+  if path.exists():
+    with np.load(path, allow_pickle=False) as cached:
+      beats = Beats(
+        signals=cached["signals"],
+        labels=cached["labels"],
+        groups=cached["groups"],
+        symbols=tuple(cached["symbols"].tolist()),
+        source=str(cached["source"]),
+      )
+      logging.info("ECG beats from cache %s", path)
+      return cached["images"], beats
+  beats = load_beats(data_config, seed=seed)
+  images = render_beats(beats.signals, size=height, line_width=ecg.line_width)
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  partial = path.with_suffix(".partial.npz")
+  np.savez(
+    partial,
+    images=images,
+    signals=beats.signals,
+    labels=beats.labels,
+    groups=beats.groups.astype(str),
+    symbols=np.array(beats.symbols),
+    source=np.array(beats.source),
+  )
+  partial.replace(path)
+  return images, beats
+
+
+@sources.register("mitdb_beats")
+def build_mitdb_beats(data_config: ml_collections.ConfigDict, *, seed: int) -> sources.Source:
+  """MIT-BIH beats of `data.ecg.symbols` as grey images; groups are the record names.
+
+  Example:
+    >>> config = data.default_config(); config.name = "mitdb_beats"  # doctest: +SKIP
+  """
+  images, beats = rendered_beats(data_config, seed=seed)
+  if data_config.channels == 3:
+    images = np.repeat(images, 3, axis=-1)
+  counts = ", ".join(
+    f"{symbol} {int((beats.labels == i).sum())}" for i, symbol in enumerate(beats.symbols)
+  )
+  origin = (
+    f"MIT-BIH records {sorted(set(beats.groups.tolist()))} from {data_config.dir}"
+    if beats.source == "mitdb"
+    else "SYNTHETIC ECG beats (no MIT-BIH records found)"
+  )
+  return sources.ArraySource(
+    images,
+    beats.labels,
+    class_names=beats.class_names,
+    description=f"ECG beats as {images.shape[1]}x{images.shape[2]} images: {origin}; {counts}.",
+    groups=beats.groups,
+  )

@@ -119,13 +119,15 @@ class OuterDecoder(nnx.Module):
 class Core(nnx.Module):
   """The shared layers: convolution to 512x1x1, mu / log-variance, back to 512, up to 256x5x5."""
 
-  def __init__(self, *, variant, latent_dim, hidden_dim, leak, dropout, method, dtype, rngs):
-    self.encoder_conv = _down(variant, ENCODER_CHANNELS[-1], hidden_dim, method, dtype, rngs)
+  def __init__(self, *, variant, latent_dim, hidden_dim, leak, dropout, methods, dtype, rngs):
+    self.encoder_conv = _down(
+      variant, ENCODER_CHANNELS[-1], hidden_dim, methods["down"], dtype, rngs
+    )
     self.mu = _linear(variant, hidden_dim, latent_dim, dtype, rngs)
     self.logvar = _linear(variant, hidden_dim, latent_dim, dtype, rngs)
     self.expand = _linear(variant, latent_dim, hidden_dim, dtype, rngs)
     self.decoder_conv = _up(
-      variant, hidden_dim, ENCODER_CHANNELS[-1], 5, 2, method, dtype, rngs
+      variant, hidden_dim, ENCODER_CHANNELS[-1], 5, 2, methods["up"], dtype, rngs
     )
     self.decoder_norm = _batch_norm(ENCODER_CHANNELS[-1], dtype, rngs)
     self.dropout = nnx.Dropout(dropout)
@@ -179,20 +181,23 @@ class TwinVAE(nnx.Module):
     leak: float = 0.2,
     logvar_max: float | None = None,
     sample_at_eval: bool = False,
-    resampling: str = "reformulated",
+    downsampling: str = "plain",
+    upsampling: str = "subpixel",
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     if variant not in VARIANTS:
       raise ValueError(f"model.variant={variant!r}; use one of {VARIANTS}")
-    common = {"variant": variant, "leak": leak, "method": resampling, "dtype": dtype}
-    self.synthetic_encoder = OuterEncoder(dropout=dropout, rngs=rngs, **common)
-    self.natural_encoder = OuterEncoder(dropout=dropout, rngs=rngs, **common)
+    common = {"variant": variant, "leak": leak, "dtype": dtype}
+    methods = {"down": downsampling, "up": upsampling}
+    self.synthetic_encoder = OuterEncoder(dropout=dropout, method=downsampling, rngs=rngs, **common)
+    self.natural_encoder = OuterEncoder(dropout=dropout, method=downsampling, rngs=rngs, **common)
     self.core = Core(
-      latent_dim=latent_dim, hidden_dim=hidden_dim, dropout=dropout, rngs=rngs, **common
-    )
-    self.synthetic_decoder = OuterDecoder(rngs=rngs, **common)
-    self.natural_decoder = OuterDecoder(rngs=rngs, **common)
+      latent_dim=latent_dim, hidden_dim=hidden_dim, dropout=dropout, methods=methods, rngs=rngs,
+      **common,
+    )  # fmt: skip
+    self.synthetic_decoder = OuterDecoder(method=upsampling, rngs=rngs, **common)
+    self.natural_decoder = OuterDecoder(method=upsampling, rngs=rngs, **common)
     if variant == "paper":
       regressor_in, hidden = ENCODER_CHANNELS[-1] * 5 * 5, (256, 128)
     else:

@@ -261,9 +261,7 @@ class Evolution:
   def population_logits(self, params, readout, weights, features):
     """(P, B, K) logits of all pathways (weights (P, L, M)) on one batch of features."""
     pairs = supernet.module_pairs(params, features, spec=self.spec)
-    return jax.vmap(supernet.pathway_logits, in_axes=(None, None, 0, None))(
-      params, readout, weights, pairs
-    )
+    return supernet.population_logits(params, readout, weights, pairs)
 
   def _train(self, state: EvolutionState, weights, batch_indices, data: EvolutionData):
     """T synchronous steps of all pathways; returns new state parts and (T, P) accuracy."""
@@ -311,13 +309,16 @@ class Evolution:
   def validation_accuracy(self, params, readout, weights, features, labels) -> jax.Array:
     """(P,) accuracy of each pathway on a whole (validation) set, pathways in chunks."""
     pairs = supernet.module_pairs(params, features, spec=self.spec)
-
-    def one(w):
-      logits = supernet.pathway_logits(params, readout, w, pairs)
-      return (jnp.argmax(logits, -1) == labels).mean()
-
     chunk = min(self.settings.validation_chunk, weights.shape[0])
-    return jax.lax.map(one, weights, batch_size=chunk)
+    if weights.shape[0] % chunk:
+      chunk = weights.shape[0]
+
+    def chunk_accuracy(chunk_weights):
+      logits = supernet.population_logits(params, readout, chunk_weights, pairs)
+      return (jnp.argmax(logits, -1) == labels).mean(-1)
+
+    chunks = weights.reshape(-1, chunk, *weights.shape[1:])
+    return jax.lax.map(chunk_accuracy, chunks).reshape(-1)
 
   def _step(self, state: EvolutionState, key: jax.Array, data: EvolutionData):
     """One generation: train all pathways, score them, replace each pair's loser."""
@@ -383,16 +384,27 @@ class Evolution:
     }
     return new_state, metrics
 
-  def _run(self, state: EvolutionState, key: jax.Array, data: EvolutionData, *, num_generations):
-    """`num_generations` generations under `lax.scan`; stops early at the threshold.
+  def _run(
+    self,
+    state: EvolutionState,
+    key: jax.Array,
+    data: EvolutionData,
+    budget: jax.Array | int = jnp.iinfo(jnp.int32).max,
+    *,
+    num_generations: int,
+  ):
+    """`num_generations` generations under `lax.scan`.
+
+    Generations after the fitness threshold was reached, or once `state.generation` reaches
+    `budget` (a traced total, so a last partial chunk needs no recompilation), are skipped.
 
     Returns:
       The final state and per-generation metrics, each of leading size `num_generations`,
-      with `ran` False for generations skipped after the threshold was reached.
+      with `ran` False for skipped generations.
     """
 
-    def skip(state, key, data):
-      del key, data
+    def skip(state, key):
+      del key
       metrics = {
         "generation": state.generation,
         "best_fitness": state.best_fitness,
@@ -401,9 +413,12 @@ class Evolution:
       }
       return state, metrics
 
+    def step(state, key):
+      return self._step(state, key, data)
+
     def body(state, key):
-      ran = ~state.done
-      state, metrics = jax.lax.cond(state.done, skip, self._step, state, key, data)
-      return state, dict(metrics, ran=ran)
+      stop = state.done | (state.generation >= budget)
+      state, metrics = jax.lax.cond(stop, skip, step, state, key)
+      return state, dict(metrics, ran=~stop)
 
     return jax.lax.scan(body, state, jax.random.split(key, num_generations))

@@ -20,6 +20,7 @@ Example:
   >>> readout = init_readout(jax.random.key(1), spec, num_classes=3)
   >>> pairs = module_pairs(params, features, spec=spec)  # (10, 10, B, 20), once per batch
   >>> logits = pathway_logits(params, readout, weights, pairs)  # weights: (3, 10)
+  >>> all_logits = population_logits(params, readout, population_weights, pairs)
 """
 
 import dataclasses
@@ -161,26 +162,36 @@ def module_pairs(params: dict, features: jax.Array, *, spec: SupernetSpec) -> ja
   return jnp.einsum("bhwmc,jhwcd->mjbd", conv, kernel)
 
 
-def pathway_logits(params: dict, readout: dict, weights: jax.Array, pairs: jax.Array) -> jax.Array:
-  """Logits of one pathway given the module pairs of a batch.
+def population_logits(
+  params: dict, readout: dict, weights: jax.Array, pairs: jax.Array
+) -> jax.Array:
+  """Logits of P pathways given the module pairs of a shared batch.
+
+  Mixing is written as broadcast multiply-and-sum rather than as a vmapped matrix-vector
+  product: XLA:CPU ran the batched matrix-vector form several times slower.
 
   Args:
     params: module parameters (`init_params`).
     readout: the task's readout (`init_readout`).
-    weights: (L, M) per-module weights of the pathway (`genotypes.module_weights`).
+    weights: (P, L, M) per-module weights of the pathways (`genotypes.module_weights`).
     pairs: (M, M, B, H1) from `module_pairs`.
 
   Returns:
-    (B, num_classes) logits.
+    (P, B, num_classes) logits.
   """
   fc = params["fc1"]
-  outputs = jax.nn.relu(jnp.einsum("m,mjbd->jbd", weights[0], pairs) + fc["bias"][:, None])
-  hidden = jnp.einsum("jbd,j->bd", outputs, weights[1])
-  for layer in range(2, weights.shape[0]):
+  pre = jnp.einsum("pm,mjbd->pjbd", weights[:, 0], pairs) + fc["bias"][:, None]
+  hidden = jnp.sum(jax.nn.relu(pre) * weights[:, 1, :, None, None], axis=1)  # (P, B, H1)
+  for layer in range(2, weights.shape[1]):
     fc = params[f"fc{layer}"]
-    outputs = jax.nn.relu(jnp.einsum("bd,mdh->bmh", hidden, fc["kernel"]) + fc["bias"])
-    hidden = jnp.einsum("bmh,m->bh", outputs, weights[layer])
+    outputs = jax.nn.relu(jnp.einsum("pbd,mdh->pbmh", hidden, fc["kernel"]) + fc["bias"])
+    hidden = jnp.sum(outputs * weights[:, layer, None, :, None], axis=2)
   return hidden @ readout["kernel"] + readout["bias"]
+
+
+def pathway_logits(params: dict, readout: dict, weights: jax.Array, pairs: jax.Array) -> jax.Array:
+  """Logits (B, num_classes) of one pathway (weights (L, M)); see `population_logits`."""
+  return population_logits(params, readout, weights[None], pairs)[0]
 
 
 def logits(

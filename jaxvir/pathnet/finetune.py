@@ -1,0 +1,197 @@
+"""Training a fixed head on cached features to convergence: the best path, or a plain MLP.
+
+After evolution the best genotype is fixed and its modules and readout are trained on the
+training split, with early stopping on validation accuracy (the best epoch's parameters are
+kept). The paper's "no path selection" ablation trains a plain fully connected head on the
+same features with the same loop.
+
+Example:
+
+  >>> head = path_head(spec, genotype, trainable=state.trainable)
+  >>> params, history = fit(head, (state.params, state.readout), data, optimizer=optax.adam(1e-3),
+  ...                       key=key, epochs=30, batch_size=64, patience=5)
+  >>> probs = predict(head, params, test_features)
+"""
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxvir.pathnet import evolution, genotypes, supernet
+
+log = logging.getLogger("jaxvir")
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """A classifier on features: `apply(params, features) -> logits`, and an update mask.
+
+  Attributes:
+    apply: the forward function.
+    mask_updates: zeroes the updates of frozen parameters (identity when nothing is frozen).
+  """
+
+  apply: Callable
+  mask_updates: Callable = lambda updates: updates
+
+
+def path_head(spec: supernet.SupernetSpec, genotype, *, trainable: dict | None = None) -> Head:
+  """The fixed pathway `genotype` with params `(module params, readout)`.
+
+  Modules outside the path receive zero gradients; modules marked 0 in `trainable` (frozen by
+  an earlier task) are not updated either.
+  """
+  weights = genotypes.module_weights(
+    jnp.asarray(genotype), num_modules=spec.num_modules, aggregation=spec.aggregation
+  )
+
+  def apply(params, features):
+    modules, readout = params
+    return supernet.logits(modules, readout, weights, features, spec=spec)
+
+  if trainable is None:
+    return Head(apply)
+
+  def mask_updates(updates):
+    return (evolution.mask_frozen(updates[0], trainable), updates[1])
+
+  return Head(apply, mask_updates)
+
+
+def init_mlp(key: jax.Array, *, in_features: int, hidden: int, num_classes: int) -> dict:
+  """A two-layer fully connected head (the "no path selection" ablation)."""
+  first, second = jax.random.split(key)
+  return {
+    "hidden": {
+      "kernel": jax.random.normal(first, (in_features, hidden)) * jnp.sqrt(2.0 / in_features),
+      "bias": jnp.zeros((hidden,)),
+    },
+    "out": {
+      "kernel": jax.random.normal(second, (hidden, num_classes)) * jnp.sqrt(1.0 / hidden),
+      "bias": jnp.zeros((num_classes,)),
+    },
+  }
+
+
+def mlp_head() -> Head:
+  """Flatten, dense + ReLU, dense: a plain fully connected head on the same features."""
+
+  def apply(params, features):
+    x = features.reshape(features.shape[0], -1)
+    x = jax.nn.relu(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+    return x @ params["out"]["kernel"] + params["out"]["bias"]
+
+  return Head(apply)
+
+
+def _loss(head: Head, params, features, labels):
+  logits = head.apply(params, features)
+  losses, accuracy = evolution.cross_entropy_and_accuracy(logits, labels)
+  return losses, accuracy
+
+
+def fit(
+  head: Head,
+  params,
+  data: evolution.EvolutionData,
+  *,
+  optimizer: optax.GradientTransformation,
+  key: jax.Array,
+  epochs: int,
+  batch_size: int,
+  patience: int = 0,
+):
+  """Trains `params` for up to `epochs` epochs; keeps the epoch with the best val accuracy.
+
+  An epoch is one jitted `lax.scan` over `n // batch_size` shuffled minibatches.
+
+  Args:
+    head: the classifier.
+    params: initial parameters.
+    data: train and validation features and labels (device arrays).
+    optimizer: optax transformation.
+    key: PRNG key; epoch e shuffles with `fold_in(key, e)`.
+    epochs: maximum epochs.
+    batch_size: examples per step (at most the training set size).
+    patience: stop after this many epochs without a better val accuracy; 0 never stops.
+
+  Returns:
+    `(best params, history)`, history a list of per-epoch dicts (train loss and accuracy,
+    val accuracy).
+  """
+  num_train = int(data.train_labels.shape[0])
+  batch_size = min(batch_size, num_train)
+  steps = num_train // batch_size
+
+  @jax.jit
+  def epoch(params, opt_state, epoch_key):
+    order = jax.random.permutation(epoch_key, num_train)[: steps * batch_size]
+
+    def step(carry, indices):
+      params, opt_state = carry
+      (loss, accuracy), grads = jax.value_and_grad(
+        lambda p: _loss(head, p, data.train_features[indices], data.train_labels[indices]),
+        has_aux=True,
+      )(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, head.mask_updates(updates))
+      return (params, opt_state), (loss, accuracy)
+
+    (params, opt_state), (loss, accuracy) = jax.lax.scan(
+      step, (params, opt_state), order.reshape(steps, batch_size)
+    )
+    return params, opt_state, loss.mean(), accuracy.mean()
+
+  opt_state = optimizer.init(params)
+  best, best_accuracy, since_best, history = params, -1.0, 0, []
+  for index in range(epochs):
+    params, opt_state, loss, accuracy = epoch(params, opt_state, jax.random.fold_in(key, index))
+    val_accuracy = accuracy_of(head, params, data.val_features, data.val_labels)
+    history.append(
+      {
+        "epoch": index + 1,
+        "train_loss": float(loss),
+        "train_accuracy": float(accuracy),
+        "val_accuracy": val_accuracy,
+      }
+    )
+    log.info(
+      "final training epoch %d: loss %.4f, train accuracy %.4f, val accuracy %.4f",
+      index + 1,
+      loss,
+      accuracy,
+      val_accuracy,
+    )
+    if val_accuracy > best_accuracy:
+      best, best_accuracy, since_best = params, val_accuracy, 0
+    else:
+      since_best += 1
+      if patience and since_best >= patience:
+        break
+  return best, history
+
+
+def predict(head: Head, params, features, *, batch_size: int = 512) -> np.ndarray:
+  """Softmax probabilities (n, K) in fixed-size batches."""
+  apply = jax.jit(lambda p, x: jax.nn.softmax(head.apply(p, x), -1))
+  features = np.asarray(features)
+  outputs = []
+  for start in range(0, len(features), batch_size):
+    batch = features[start : start + batch_size]
+    count = len(batch)
+    if count < batch_size and len(features) > batch_size:
+      pad = np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)
+      batch = np.concatenate([batch, pad])
+    outputs.append(np.asarray(apply(params, batch))[:count])
+  return np.concatenate(outputs)
+
+
+def accuracy_of(head: Head, params, features, labels) -> float:
+  """Accuracy of `head` on a whole split."""
+  probs = predict(head, params, features)
+  return float(np.mean(np.argmax(probs, -1) == np.asarray(labels)))
