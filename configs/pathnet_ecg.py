@@ -59,8 +59,7 @@ def get_config(arg=None):
   if arg == "runlocal":
     config_lib.runlocal(config)
     config.data.image_size = (32, 32)
-    config.data.ecg.records = ("209", "212", "111")
-    config.data.ecg.test_records = ("111",)
+    config.data.ecg.max_beats_per_class = 200
     config.pathnet.encoder_stage = "block3"
     config.pathnet.population_size = 16
     config.pathnet.train_steps = 10

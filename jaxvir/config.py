@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   config.freeze = ml_collections.ConfigDict()
+  config.freeze.preset = ""  # a jaxvir.models.presets name: "backbone", "ft0".."ft5", ...
   config.freeze.patterns = ()  # regexes of frozen parameter paths, e.g. ("stage[1-3]/.*",)
   config.freeze.thaw = ()  # ((epoch, patterns), ...): thawed from that epoch on
   config.freeze.batch_stats = False  # BatchNorm uses running statistics while training
@@ -142,6 +143,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         re.compile(pattern)
       except re.error as e:
         _fail(field, f"{pattern!r} is not a regular expression: {e}")
+  if config.freeze.preset:
+    try:
+      models.presets.freeze_patterns(config.model.name, config.freeze.preset)
+    except (ValueError, KeyError) as e:
+      _fail("freeze.preset", str(e))
   for entry in config.freeze.thaw:
     if len(entry) != 2 or not isinstance(entry[0], int) or isinstance(entry[1], str):
       _fail("freeze.thaw", f"entries are (epoch, (pattern, ...)), got {entry!r}")

@@ -1,7 +1,7 @@
 """Optimizers, learning-rate schedules and freezing by parameter-path patterns.
 
 Freezing is declared as regular expressions over parameter paths (the NNX state path joined by
-"/", e.g. `stage1/layers/0/conv1/kernel`), matched in full. A parameter is frozen when any
+"/", e.g. `stage1/block0/conv1/kernel`), matched in full. A parameter is frozen when any
 pattern of the current phase matches it and trainable otherwise; every pattern must match at
 least one parameter, so a typo fails loudly instead of freezing nothing. Frozen parameters are
 labelled "frozen" for `optax.partition`, which gives them `optax.set_to_zero()`: they carry no
@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -142,7 +143,9 @@ def make_schedule(
   else:
     raise ValueError(f"optim.schedule: unknown schedule {config.schedule!r}")
   if warmup:
-    return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), schedule], [warmup])
+    # A multiplicative ramp, so that `step_epochs` stay absolute (join_schedules would shift them).
+    after_warmup = schedule
+    return lambda count: after_warmup(count) * jnp.minimum(1.0, count / warmup)
   return schedule
 
 

@@ -56,9 +56,10 @@ def create_model(
   if config.model.pretrained is not None:
     from jaxvir.models import pretrained
 
+    # The architecture and variant come from the conversion's metadata.json.
     model, _ = pretrained.load_pretrained(
       config.model.pretrained, num_classes=num_classes, dtype=dtype, rngs=rngs,
-      **config.model.kwargs,
+      remat=config.model.kwargs.get("remat", False),
     )
     return model
   return models.create(
@@ -182,8 +183,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   replicated = parallel.replicated(mesh)
 
   # Optimizer: rebuilt (and the step recompiled) only when a thaw phase begins.
+  preset = ()
+  if config.freeze.preset:
+    preset = models.presets.freeze_patterns(config.model.name, config.freeze.preset)
   rules = optim.FreezeRules(
-    patterns=tuple(config.freeze.patterns),
+    patterns=(*preset, *config.freeze.patterns),
     thaw=tuple((epoch, tuple(p)) for epoch, p in config.freeze.thaw),
   )
   schedule = optim.make_schedule(

@@ -30,7 +30,7 @@ def randomise_batch_norms(module: nn.Module, *, seed: int) -> nn.Module:
 
 
 def torch_random(build, *, seed: int) -> nn.Module:
-  """`build()` with random weights drawn fast: normal with variance 1 / fan-in, small biases.
+  """`build()` with random weights drawn fast: variance 1 / fan-in, small non-zero biases.
 
   torch's default initialisation of VGG's 102M-weight fc1 alone takes seconds; this builds on
   the meta device and draws each tensor once. BatchNorm layers get random statistics.
@@ -38,14 +38,15 @@ def torch_random(build, *, seed: int) -> nn.Module:
   with torch.device("meta"):
     module = build()
   module = module.to_empty(device="cpu")
-  generator = torch.Generator().manual_seed(seed)
+  rng = np.random.default_rng(seed)
   with torch.no_grad():
     for name, tensor in module.named_parameters():
-      if tensor.ndim > 1:
-        fan_in = tensor[0].numel()
-        tensor.copy_(torch.randn(tensor.shape, generator=generator) / fan_in**0.5)
-      elif not name.endswith("weight"):
-        tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
+      # Uniform draws in float32 are several times faster than normal ones; the variance is
+      # 1 / fan-in for weights, 0.01 for biases.
+      bound = 3**0.5 / tensor[0].numel() ** 0.5 if tensor.ndim > 1 else 0.1 * 3**0.5
+      values = rng.random(tensor.shape, dtype=np.float32) * (2 * bound) - bound
+      if tensor.ndim > 1 or not name.endswith("weight"):
+        tensor.copy_(torch.from_numpy(values))
   return randomise_batch_norms(module, seed=seed).eval()
 
 

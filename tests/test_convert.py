@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -101,7 +103,10 @@ def test_reads_safetensors_and_rejects_other_files(tmp_path):
 
 
 def test_command_line_converts_and_is_strict(tmp_path, capsys):
-  state = torch_random(TorchResNet50, seed=0).state_dict()
+  # A feature-only file (no `fc`): converted without a head.
+  state = {
+    k: v for k, v in torch_random(TorchResNet50, seed=0).state_dict().items() if "fc" not in k
+  }
   torch.save(state, tmp_path / "resnet50.pth")
   out = tmp_path / "converted"
   argv = [
@@ -119,8 +124,8 @@ def test_command_line_converts_and_is_strict(tmp_path, capsys):
     "variant": "torchvision",
     "source": "torchvision",
     "preprocessing": "torch",
-    "num_classes": 1000,
-    "param_count": 25_557_032,
+    "num_classes": None,
+    "param_count": 25_557_032 - 2048 * 1000 - 1000,
     "weights_file": "resnet50.pth",
     "weights_sha256": hashlib.sha256((tmp_path / "resnet50.pth").read_bytes()).hexdigest(),
   }
@@ -137,3 +142,12 @@ def test_command_line_converts_and_is_strict(tmp_path, capsys):
   assert "'layer1.0.conv1.weight' (64, 32, 1, 1) -> 'stage1/block0/conv1/kernel'" in error
   assert "1 source tensors not converted: fc.extra" in error
   assert not (tmp_path / "broken").exists()
+
+
+def test_python_dash_m_finds_the_rule_tables(tmp_path):
+  command = [sys.executable, "-m", "jaxvir.convert", "--source", "keras", "--arch", "vgg11"]
+  command += ["--weights", str(tmp_path / "w.h5"), "--out", str(tmp_path / "out")]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert "no rule table for --arch vgg11 --source keras; known: " in result.stderr
+  assert "resnet50/keras" in result.stderr and "vgg19_bn/torchvision" in result.stderr

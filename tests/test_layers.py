@@ -42,7 +42,9 @@ def test_max_pool_pads_with_minus_infinity_like_torch():
 def test_conv2d_pads_symmetrically_like_torch():
   x = np.random.default_rng(2).standard_normal((1, 8, 8, 3)).astype(np.float32)
   reference = torch.nn.Conv2d(3, 4, 7, stride=2, padding=3, bias=False)
-  conv = layers.conv2d(3, 4, 7, stride=2, padding=3, use_bias=False, rngs=nnx.Rngs(0))
+  conv = nnx.eval_shape(
+    lambda: layers.conv2d(3, 4, 7, stride=2, padding=3, use_bias=False, rngs=nnx.Rngs(0))
+  )
   conv.kernel.set_value(jnp.asarray(reference.weight.detach().numpy().transpose(2, 3, 1, 0)))
   with torch.no_grad():
     expected = nhwc(reference(nchw(x)))

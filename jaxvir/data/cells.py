@@ -164,12 +164,17 @@ def _gaussian_blur(images: jax.Array, sigma: float) -> jax.Array:
   """Separable Gaussian blur of (n, H, W) images, zero outside (a transparent layer)."""
   half = max(1, math.ceil(3 * sigma))
   taps = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
-  taps = jnp.asarray(taps / taps.sum(), jnp.float32)
-  x = images[..., None]
-  dims = ("NHWC", "HWIO", "NHWC")
-  x = jax.lax.conv_general_dilated(x, taps.reshape(-1, 1, 1, 1), (1, 1), "SAME", dimension_numbers=dims)
-  x = jax.lax.conv_general_dilated(x, taps.reshape(1, -1, 1, 1), (1, 1), "SAME", dimension_numbers=dims)
-  return x[..., 0]
+  taps = taps / taps.sum()
+  # Sums of shifted copies: XLA's CPU convolution is slow on one-channel images.
+  for axis in (1, 2):
+    pad = [(0, 0)] * 3
+    pad[axis] = (half, half)
+    padded = jnp.pad(images, pad)
+    size = images.shape[axis]
+    images = sum(
+      float(w) * jax.lax.slice_in_dim(padded, i, i + size, axis=axis) for i, w in enumerate(taps)
+    )
+  return images
 
 
 @functools.partial(jax.jit, static_argnames=("n", "style", "candidates"))
@@ -186,23 +191,29 @@ def _generate_chunk(key, background, *, n: int, style: CellStyle, candidates: in
   centre, half_axes = (low + high) / 2, (high - low) / 2 + 0.5
   edge = style.edge[0] + jax.random.randint(k_edge, (n, MAX_CELLS), 0, style.edge[1])
   fill = style.fill[0] + jax.random.randint(k_fill, (n, MAX_CELLS), 0, style.fill[1])
-  coords = jnp.arange(SIZE, dtype=jnp.float32)
+  # Each cell is drawn in a square patch around its centre; the patches are combined with a
+  # scatter-max of (cell index + 1, grey level) codes, so that where cells overlap the last
+  # one drawn covers the earlier ones, as when painting them in order.
+  patch = 2 * style.radius[1] + 6
+  origin = jnp.floor(centres).astype(jnp.int32) - patch // 2  # (n, cells, 2)
+  offsets = jnp.arange(patch)
+  pixels = (origin[..., None] + offsets).astype(jnp.float32)  # (n, cells, 2, patch)
 
-  def axis_terms(axis, shrink):
-    d = (coords[None, None, :] - centre[..., axis, None]) / (half_axes[..., axis, None] - shrink)
-    return jnp.square(d)  # (n, cells, SIZE)
+  def inside(shrink):
+    d = jnp.square((pixels - centre[..., None]) / (half_axes[..., None] - shrink))
+    return d[:, :, 0, :, None] + d[:, :, 1, None, :] <= 1.0  # (n, cells, patch, patch)
 
-  outer_y, outer_x = axis_terms(0, 0.0), axis_terms(1, 0.0)
-  inner_y, inner_x = axis_terms(0, 1.0), axis_terms(1, 1.0)
-  # Later cells paint over earlier ones: encode (cell index + 1, grey level) so that a max over
-  # cells keeps the last cell covering each pixel.
-  code = jnp.zeros((n, SIZE, SIZE), jnp.int32)
-  for cell in range(MAX_CELLS):
-    outer = outer_y[:, cell, :, None] + outer_x[:, cell, None, :] <= 1.0
-    inner = inner_y[:, cell, :, None] + inner_x[:, cell, None, :] <= 1.0
-    level = jnp.where(inner, fill[:, cell, None, None], edge[:, cell, None, None])
-    drawn = outer & valid[:, cell, None, None]
-    code = jnp.maximum(code, jnp.where(drawn, (cell + 1) * 256 + level, 0))
+  level = jnp.where(inside(1.0), fill[..., None, None], edge[..., None, None])
+  drawn = inside(0.0) & valid[..., None, None]
+  cell_code = (jnp.arange(MAX_CELLS, dtype=jnp.int32) + 1)[None, :, None, None] * 256
+  codes = jnp.where(drawn, cell_code + level, 0)
+  rows = origin[..., 0, None, None] + offsets[:, None]
+  cols = origin[..., 1, None, None] + offsets[None, :]
+  images_index = jnp.broadcast_to(jnp.arange(n)[:, None, None, None], codes.shape)
+  rows, cols = jnp.broadcast_to(rows, codes.shape), jnp.broadcast_to(cols, codes.shape)
+  code = jnp.zeros((n, SIZE, SIZE), jnp.int32).at[images_index, rows, cols].max(
+    codes, mode="drop"
+  )
   alpha = (code > 0).astype(jnp.float32)
   colour = (code % 256).astype(jnp.float32)
   alpha = 0.5 * alpha + 0.5 * _gaussian_blur(alpha, style.blur_sigma)

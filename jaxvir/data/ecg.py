@@ -183,25 +183,38 @@ def try_download(directory: str | os.PathLike, *, timeout_s: float = 3.0) -> boo
 # morphologies follow the textbook lead-II pictures the issue names.
 _WAVES = {
   # Premature atrial beat: abnormal (inverted, early) P wave; normal narrow QRS.
-  "A": [(-0.12, -0.16, 0.02), (-0.1, -0.03, 0.01), (1.0, 0.0, 0.012), (-0.2, 0.03, 0.012),
-        (0.3, 0.28, 0.05)],
+  "A": [
+    (-0.12, -0.16, 0.02),
+    (-0.1, -0.03, 0.01),
+    (1.0, 0.0, 0.012),
+    (-0.2, 0.03, 0.012),
+    (0.3, 0.28, 0.05),
+  ],
   # Left bundle branch block: wide QRS with a broad notched R wave, discordant T wave.
-  "L": [(0.12, -0.2, 0.025), (0.75, -0.025, 0.022), (0.8, 0.035, 0.024),
-        (-0.35, 0.3, 0.06)],
+  "L": [(0.12, -0.2, 0.025), (0.75, -0.025, 0.022), (0.8, 0.035, 0.024), (-0.35, 0.3, 0.06)],
   # Right bundle branch block: rSR' pattern, slightly inverted T wave.
-  "R": [(0.12, -0.2, 0.025), (0.35, -0.03, 0.01), (-0.45, 0.0, 0.012), (0.8, 0.045, 0.018),
-        (-0.15, 0.3, 0.05)],
+  "R": [
+    (0.12, -0.2, 0.025),
+    (0.35, -0.03, 0.01),
+    (-0.45, 0.0, 0.012),
+    (0.8, 0.045, 0.018),
+    (-0.15, 0.3, 0.05),
+  ],
   # Normal sinus beat, for neighbours and for the "N" symbol.
-  "N": [(0.15, -0.2, 0.025), (-0.1, -0.03, 0.01), (1.0, 0.0, 0.012), (-0.2, 0.03, 0.012),
-        (0.3, 0.3, 0.05)],
+  "N": [
+    (0.15, -0.2, 0.025),
+    (-0.1, -0.03, 0.01),
+    (1.0, 0.0, 0.012),
+    (-0.2, 0.03, 0.012),
+    (0.3, 0.3, 0.05),
+  ],
 }
 
 
 def _beat_waves(symbol: str) -> np.ndarray:
   if symbol not in _WAVES:
     raise ValueError(
-      f"data.symbols: no synthetic model for beat symbol {symbol!r}; use some of "
-      f"{sorted(_WAVES)}"
+      f"data.symbols: no synthetic model for beat symbol {symbol!r}; use some of {sorted(_WAVES)}"
     )
   return np.array(_WAVES[symbol], np.float32)
 
@@ -367,7 +380,21 @@ def default_ecg_config() -> ml_collections.ConfigDict:
   config.download = True  # try PhysioNet (fails fast without network) when data.dir is empty
   config.synthetic_beats_per_class = 1000  # used when no records can be found or fetched
   config.synthetic_patients = 8
+  config.max_beats_per_class = 0  # > 0 keeps a seeded random subset per class (quick runs)
   return config
+
+
+def subsample(beats: Beats, *, per_class: int, seed: int) -> Beats:
+  """At most `per_class` beats of each class, drawn without replacement (seeded), in order."""
+  rng = np.random.default_rng(seed)
+  keep = []
+  for label in np.unique(beats.labels):
+    rows = np.flatnonzero(beats.labels == label)
+    keep.append(rng.choice(rows, min(per_class, len(rows)), replace=False))
+  keep = np.sort(np.concatenate(keep))
+  return dataclasses.replace(
+    beats, signals=beats.signals[keep], labels=beats.labels[keep], groups=beats.groups[keep]
+  )
 
 
 def load_beats(data_config, *, seed: int) -> Beats:
@@ -377,12 +404,15 @@ def load_beats(data_config, *, seed: int) -> Beats:
   if directory and not record_names(directory) and ecg.download:
     try_download(directory)
   if directory and record_names(directory):
-    return read_beats(
+    beats = read_beats(
       directory,
       symbols=tuple(ecg.symbols),
       window=ecg.window,
       records=tuple(ecg.records) or None,
     )
+    if ecg.get("max_beats_per_class", 0) > 0:
+      beats = subsample(beats, per_class=ecg.max_beats_per_class, seed=seed)
+    return beats
   logging.warning(
     "no MIT-BIH records in data.dir=%r: using SYNTHETIC ECG beats (set data.dir to a folder "
     "of MIT-BIH records, e.g. from wfdb.dl_database('mitdb', DIR), for real data)",

@@ -11,8 +11,10 @@ backbone) and `head` (the final linear layer).
 
 A dense layer reads the concatenation of all earlier feature maps of its block. The layer
 concatenates inside its own call, so XLA fuses the concatenation into the first BatchNorm and
-ReLU, and with `remat=True` only the individual maps are kept for the backward pass (the
-memory-efficient DenseNet of Pleiss et al., 2017).
+ReLU, and `remat=True` rematerialises the whole layer, concatenation included, so that only the
+individual maps need to be kept for the backward pass (the memory-efficient DenseNet of Pleiss
+et al., 2017). XLA's CPU backend currently schedules the recomputation early and keeps the
+residuals alive anyway (same compiled temp memory; see `benchmarks/memory.py`).
 
 Example:
 

@@ -278,5 +278,7 @@ class Staged(nnx.Module):
 
       >>> model.replace_head(3, rngs=nnx.Rngs(0))
     """
-    head = linear(self.num_features, num_classes, dtype=self.dtype, rngs=rngs) if num_classes else None
+    head = (
+      linear(self.num_features, num_classes, dtype=self.dtype, rngs=rngs) if num_classes else None
+    )
     self.head = nnx.data(head)

@@ -59,6 +59,7 @@ from jaxvir.pathnet import genotypes as genotypes_lib
 from jaxvir.pathnet import supernet
 
 FITNESS_SOURCES = ("train", "validation")
+NO_BUDGET = 2**31 - 1  # generations; `Evolution.run` default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,9 +340,7 @@ class Evolution:
       0,
       data.train_labels.shape[0],
     )
-    params, readout, opt_state, losses, accuracy = self._train(
-      state, weights, batch_indices, data
-    )
+    params, readout, opt_state, losses, accuracy = self._train(state, weights, batch_indices, data)
     if settings.fitness == "train":
       fitness = accuracy.mean(0)
     else:
@@ -389,7 +388,7 @@ class Evolution:
     state: EvolutionState,
     key: jax.Array,
     data: EvolutionData,
-    budget: jax.Array | int = jnp.iinfo(jnp.int32).max,
+    budget: jax.Array | int = NO_BUDGET,
     *,
     num_generations: int,
   ):

@@ -62,8 +62,7 @@ def make_encoder(config: ml_collections.ConfigDict) -> tuple[Encoder, dict]:
     weights = f"random(seed={config.seed})"
   if stage not in model.stage_names:
     raise ValueError(
-      f"config.pathnet.encoder_stage={stage!r}: {config.model.name} has stages "
-      f"{model.stage_names}"
+      f"config.pathnet.encoder_stage={stage!r}: {config.model.name} has stages {model.stage_names}"
     )
   model.eval()
   graph, state = nnx.split(model)

@@ -39,6 +39,11 @@ class Head:
   apply: Callable
   mask_updates: Callable = lambda updates: updates
 
+  def __post_init__(self):
+    # Compiled once per head, not once per `predict` call.
+    probabilities = jax.jit(lambda params, x: jax.nn.softmax(self.apply(params, x), -1))
+    object.__setattr__(self, "probabilities", probabilities)
+
 
 def path_head(spec: supernet.SupernetSpec, genotype, *, trainable: dict | None = None) -> Head:
   """The fixed pathway `genotype` with params `(module params, readout)`.
@@ -178,7 +183,6 @@ def fit(
 
 def predict(head: Head, params, features, *, batch_size: int = 512) -> np.ndarray:
   """Softmax probabilities (n, K) in fixed-size batches."""
-  apply = jax.jit(lambda p, x: jax.nn.softmax(head.apply(p, x), -1))
   features = np.asarray(features)
   outputs = []
   for start in range(0, len(features), batch_size):
@@ -187,7 +191,7 @@ def predict(head: Head, params, features, *, batch_size: int = 512) -> np.ndarra
     if count < batch_size and len(features) > batch_size:
       pad = np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)
       batch = np.concatenate([batch, pad])
-    outputs.append(np.asarray(apply(params, batch))[:count])
+    outputs.append(np.asarray(head.probabilities(params, batch))[:count])
   return np.concatenate(outputs)
 
 

@@ -56,6 +56,5 @@ def mutate(
 def to_text(genotype) -> str:
   """A genotype as 'layer1: a b c | layer2: ...', for logs."""
   return " | ".join(
-    f"layer{layer + 1}: " + " ".join(str(int(v)) for v in row)
-    for layer, row in enumerate(genotype)
+    f"layer{layer + 1}: " + " ".join(str(int(v)) for v in row) for layer, row in enumerate(genotype)
   )

@@ -51,9 +51,7 @@ class SupernetSpec:
 
   def __post_init__(self):
     if self.aggregation not in AGGREGATIONS:
-      raise ValueError(
-        f"pathnet.aggregation={self.aggregation!r}; choose one of {AGGREGATIONS}"
-      )
+      raise ValueError(f"pathnet.aggregation={self.aggregation!r}; choose one of {AGGREGATIONS}")
     if self.num_modules < 1 or self.conv_channels < 1:
       raise ValueError("pathnet.num_modules and pathnet.conv_channels must be >= 1")
     if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:

@@ -255,17 +255,36 @@ def evolve(strategy, state, key, data, *, max_generations: int, chunk: int, name
   return state, history
 
 
+_STRATEGIES: dict = {}
+
+
+def _strategy(config, params, readout) -> evolution_lib.Evolution:
+  """One `Evolution` per settings and parameter shapes, so that tasks of equal shapes (and
+  repeated runs in one process) reuse its compiled generation step."""
+  shapes = jax.tree.map(lambda x: (x.shape, str(x.dtype)), (params, readout))
+  key = (
+    _settings(config.pathnet),
+    _spec(config.pathnet),
+    config.optim.to_json(),
+    config.pathnet.learning_rate,
+    repr(shapes),
+  )
+  if key not in _STRATEGIES:
+    _STRATEGIES[key] = evolution_lib.Evolution(
+      key[0], key[1], _optimizer(config.optim, (params, readout), config.pathnet.learning_rate)
+    )
+  return _STRATEGIES[key]
+
+
 def run_task(config, task, name, *, params, trainable, key, workdir: pathlib.Path) -> dict:
   """Evolution, final training of the best path and test predictions of one task."""
   pathnet = config.pathnet
   spec = _spec(pathnet)
-  keys = dict(zip(("readout", "population", "evolve", "fit"), jax.random.split(key, 4)))
-  readout = supernet.init_readout(
-    keys["readout"], spec, num_classes=len(task["class_names"])
+  keys = dict(
+    zip(("readout", "population", "evolve", "fit"), jax.random.split(key, 4), strict=True)
   )
-  strategy = evolution_lib.Evolution(
-    _settings(pathnet), spec, _optimizer(config.optim, (params, readout), pathnet.learning_rate)
-  )
+  readout = supernet.init_readout(keys["readout"], spec, num_classes=len(task["class_names"]))
+  strategy = _strategy(config, params, readout)
   state = strategy.init(keys["population"], params, readout, trainable=trainable)
   data = _device_data(task, validation_examples=pathnet.validation_examples)
   start = time.perf_counter()
@@ -413,8 +432,12 @@ def run_joint(config, tasks, results, *, key, workdir) -> dict:
     "routing": "p(class) = p(task | image) * p(class | image, task path)",
   }
   evaluate.write_report(
-    workdir, labels=joint_labels, probs=joint_probs, class_names=class_names,
-    split="joint_test", extra=extra,
+    workdir,
+    labels=joint_labels,
+    probs=joint_probs,
+    class_names=class_names,
+    split="joint_test",
+    extra=extra,
   )
   log.info("joint classification: %s", json.dumps(extra))
   return extra
@@ -481,8 +504,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   pathnet = config.pathnet
   keys = dict(
-    zip(("init", "task_a", "task_b", "reinit", "router"), jax.random.split(
-      jax.random.key(config.seed), 5))
+    zip(
+      ("init", "task_a", "task_b", "reinit", "router"),
+      jax.random.split(jax.random.key(config.seed), 5),
+      strict=True,
+    )
   )
   encode, encoder_settings = features_lib.make_encoder(config)
   names = list(pathnet.task_names)
@@ -526,8 +552,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     split = "test" if len(tasks) == 1 else f"{name}_test"
     summary[name] = _task_summary(workdir, task, result, split=split)
   frozen = None
-  if trainable is not None:
-    frozen = np.stack([np.asarray(trainable[layer]) == 0 for layer in supernet.layer_names(spec)])
+  if len(tasks) > 1:
+    # `trainable` was donated to the evolution; the last task's result holds the live copy.
+    last = results[names[-1]]["trainable"]
+    frozen = np.stack([np.asarray(last[layer]) == 0 for layer in supernet.layer_names(spec)])
   plots.plot_paths(
     {name: result["genotype"] for name, result in results.items()},
     num_modules=spec.num_modules,
