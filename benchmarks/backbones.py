@@ -252,7 +252,9 @@ def main(argv=None) -> dict:
     pairs["inference"] = (jaxvir_infer, torch_infer)
 
   if args.cache:
-    pairs["epoch"] = cached_epoch(args, model, labels, torch_train, results)
+    pairs["epoch"] = cached_epoch(
+      args, model, labels, torch_train, results, lambda: holder["state"]
+    )
 
   results["load_before"] = os.getloadavg()
   times = alternate(pairs, repeats=args.repeats, steps_per_round=args.steps)
@@ -274,25 +276,32 @@ def main(argv=None) -> dict:
   return results
 
 
-def cached_epoch(args, model, labels, torch_train, results) -> tuple:
+def cached_epoch(args, model, labels, torch_train, results, holder_state) -> tuple:
   """(jaxvir epoch over cached prefix features, PyTorch epoch recomputing the frozen blocks)."""
   stage = prefix_cache.frozen_prefix(model, labels, freeze_batch_stats=False)
   if stage is None:
     raise SystemExit(f"--cache: preset {args.frozen!r} of {args.arch} freezes no cacheable prefix")
   start_stage = prefix_cache.next_stage(model, stage)
   results["cached_stage"] = stage
+  # The main step donated the model's arrays: continue from copies of its current state.
+  live = holder_state()
+  nnx.update(
+    model, *(jax.tree.map(jnp.copy, s) for s in (live.params, live.batch_stats, live.rest))
+  )
   mesh = parallel.make_mesh()
   _, eval_graphdef, params, batch_stats, rest = steps.split_model(model)
 
   @jax.jit
-  def prefix(images):
+  def prefix(params, batch_stats, rest, images):
     m = nnx.merge(eval_graphdef, params, batch_stats, rest)
     return m.run(m.preprocess(images), stop=stage)
 
   image_batches = [numpy_images(args.batch, args.size, seed=i) for i in range(args.epoch_batches)]
   label_array = np.arange(args.batch, dtype=np.int32) % args.num_classes
   start = time.perf_counter()
-  features = [jax.block_until_ready(prefix(images)) for images in image_batches]
+  features = [
+    jax.block_until_ready(prefix(params, batch_stats, rest, images)) for images in image_batches
+  ]
   results["cache_build_s"] = time.perf_counter() - start
   feature_batches = [
     parallel.shard_batch({"features": np.asarray(f), "label": label_array}, mesh) for f in features

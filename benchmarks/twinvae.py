@@ -99,7 +99,7 @@ def _torch_step_fn(batch: int):
     loss = sum(torch_twin_loss(model, images[m], counts, m) for m in ("synth", "natural"))
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
   return step
 

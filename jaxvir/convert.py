@@ -114,6 +114,8 @@ class RuleTable:
       built with the file's number of classes), skipped for feature-only files.
     ignore: regular expressions (full match) of source tensors deliberately not converted,
       e.g. torch's `num_batches_tracked` counters.
+    renames: `(pattern, replacement)` pairs applied with `re.sub` to every source tensor name
+      before the rules, for older spellings of the same tensors (DenseNet's `norm.1`).
   """
 
   variant: str
@@ -121,6 +123,14 @@ class RuleTable:
   rules: tuple[Rule, ...]
   head: tuple[Rule, ...] = ()
   ignore: tuple[str, ...] = ()
+  renames: tuple[tuple[str, str], ...] = ()
+
+
+def rename_tensors(tensors: dict, renames: tuple[tuple[str, str], ...]) -> dict:
+  """`tensors` with each `(pattern, replacement)` of `renames` applied to every name."""
+  for pattern, replacement in renames:
+    tensors = {re.sub(pattern, replacement, name): value for name, value in tensors.items()}
+  return tensors
 
 
 _TABLES: dict[tuple[str, str], Callable[[], RuleTable]] = {}
@@ -435,7 +445,7 @@ def convert(
   if (out / STATE_DIR).exists() or (out / METADATA_FILE).exists():
     raise ConversionError(f"--out {out} already holds a conversion; remove it or pick another")
   table = rule_table(arch, source)
-  tensors = read_weights(weights)
+  tensors = rename_tensors(read_weights(weights), table.renames)
   has_head = bool(table.head) and all(rule.source in tensors for rule in table.head)
   rules = table.rules + (table.head if has_head else ())
   num_classes = (

@@ -23,9 +23,9 @@ def test_same_seed_same_images_and_counts_in_range(batch):
   np.testing.assert_array_equal(images, again[0])
   np.testing.assert_array_equal(counts, again[1])
   assert counts.min() >= 1 and counts.max() <= 30
-  # Weights 36 - count: low counts are more frequent (mean count 35*30/2... exact: 12.2).
+  # Weights 36 - count: mean count sum(k * (36 - k)) / sum(36 - k) = 7285 / 615.
   expected_mean = float(np.sum(np.arange(1, 31) * cells.count_weights()))
-  assert expected_mean == pytest.approx(12.2, abs=0.05)
+  assert expected_mean == pytest.approx(7285 / 615)
   assert abs(counts.mean() - expected_mean) < 1.5
 
 

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ def load_config(name, arg=None):
 def tiny_encoder(config):
   """4x4 block means of the image: a cheap stand-in for VGG-16 (tested elsewhere)."""
 
+  @jax.jit
   def encode(images):
     x = images.astype(jnp.float32) / 255.0
     b, h, w, c = x.shape

@@ -9,12 +9,11 @@ from flax import nnx
 
 from jaxvir.models import resampling
 
-DOWN_CASES = [  # (size, kernel, stride, c_in, c_out): Twin-VAE's sizes 128/29/5 and others
-  (128, 5, 2, 1, 3),
+DOWN_CASES = [  # (size, kernel, stride, c_in, c_out): even, odd (29 -> 13), 5 -> 1, stride 3
+  (30, 5, 2, 1, 3),
   (29, 5, 2, 2, 3),
   (5, 5, 2, 4, 2),
   (13, 3, 3, 2, 2),
-  (8, 4, 2, 1, 2),
 ]
 UP_CASES = [  # 1 -> 5, 5 -> 13, 61 -> 62 (kernel 2, stride 1), 62 -> 128 (kernel 6), wide output
   (1, 5, 2, 3, 2),
@@ -22,7 +21,6 @@ UP_CASES = [  # 1 -> 5, 5 -> 13, 61 -> 62 (kernel 2, stride 1), 62 -> 128 (kerne
   (9, 2, 1, 2, 2),
   (10, 6, 2, 2, 1),
   (4, 5, 2, 3, 17),
-  (4, 3, 3, 1, 2),
 ]
 
 

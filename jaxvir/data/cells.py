@@ -211,9 +211,7 @@ def _generate_chunk(key, background, *, n: int, style: CellStyle, candidates: in
   cols = origin[..., 1, None, None] + offsets[None, :]
   images_index = jnp.broadcast_to(jnp.arange(n)[:, None, None, None], codes.shape)
   rows, cols = jnp.broadcast_to(rows, codes.shape), jnp.broadcast_to(cols, codes.shape)
-  code = jnp.zeros((n, SIZE, SIZE), jnp.int32).at[images_index, rows, cols].max(
-    codes, mode="drop"
-  )
+  code = jnp.zeros((n, SIZE, SIZE), jnp.int32).at[images_index, rows, cols].max(codes, mode="drop")
   alpha = (code > 0).astype(jnp.float32)
   colour = (code % 256).astype(jnp.float32)
   alpha = 0.5 * alpha + 0.5 * _gaussian_blur(alpha, style.blur_sigma)

@@ -271,6 +271,7 @@ def torchvision_rules(arch: str) -> convert.RuleTable:
     rules=tuple(rules),
     head=convert.torch_linear("classifier", "head"),
     ignore=convert.TORCH_IGNORE,
+    renames=((LEGACY_TORCHVISION_KEY.pattern, r"\1\2"),),
   )
 
 
@@ -289,7 +290,7 @@ def rename_legacy_torchvision_keys(tensors: dict) -> dict:
     >>> rename_legacy_torchvision_keys({"features.denseblock1.denselayer1.conv.2.weight": w})
     {'features.denseblock1.denselayer1.conv2.weight': w}
   """
-  return {LEGACY_TORCHVISION_KEY.sub(r"\1\2", name): array for name, array in tensors.items()}
+  return convert.rename_tensors(tensors, ((LEGACY_TORCHVISION_KEY.pattern, r"\1\2"),))
 
 
 def keras_rules(arch: str) -> convert.RuleTable:

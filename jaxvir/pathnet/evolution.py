@@ -216,6 +216,16 @@ class Evolution:
     self.layers = supernet.layer_names(spec)
     self.mutation_rate = settings.mutation_rate or 1.0 / (settings.num_active * spec.num_layers)
     self.step = jax.jit(self._step, donate_argnums=0)
+    self._random_population = jax.jit(
+      lambda key: jax.vmap(
+        lambda k: genotypes_lib.random_genotype(
+          k,
+          num_layers=spec.num_layers,
+          num_active=settings.num_active,
+          num_modules=spec.num_modules,
+        )
+      )(jax.random.split(key, settings.population_size))
+    )
     self.run = jax.jit(self._run, static_argnames="num_generations", donate_argnums=0)
 
   def init(
@@ -235,15 +245,7 @@ class Evolution:
       trainable: per layer, (M,) 1.0 for trainable modules; all trainable when None.
     """
     settings, spec = self.settings, self.spec
-    keys = jax.random.split(key, settings.population_size)
-    population = jax.vmap(
-      lambda k: genotypes_lib.random_genotype(
-        k,
-        num_layers=spec.num_layers,
-        num_active=settings.num_active,
-        num_modules=spec.num_modules,
-      )
-    )(keys)
+    population = self._random_population(key)
     if trainable is None:
       trainable = {name: jnp.ones((spec.num_modules,), jnp.float32) for name in self.layers}
     return EvolutionState(

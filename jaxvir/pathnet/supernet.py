@@ -24,6 +24,7 @@ Example:
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -69,13 +70,14 @@ def _he_normal(key, shape, fan_in):
   return jax.random.normal(key, shape, jnp.float32) * jnp.sqrt(2.0 / fan_in)
 
 
-def init_params(key: jax.Array, spec: SupernetSpec, *, feature_shape) -> dict:
+@functools.partial(jax.jit, static_argnames=("spec", "feature_shape"))
+def init_params(key: jax.Array, spec: SupernetSpec, *, feature_shape: tuple[int, ...]) -> dict:
   """Random module parameters: He-normal kernels, zero biases.
 
   Args:
     key: PRNG key.
     spec: super-network settings.
-    feature_shape: (h, w, c) of the encoder features.
+    feature_shape: (h, w, c) of the encoder features, a tuple.
 
   Returns:
     `{"conv": {"kernel": (M, k, k, c, C), "bias": (M, C)},
@@ -100,6 +102,7 @@ def init_params(key: jax.Array, spec: SupernetSpec, *, feature_shape) -> dict:
   return params
 
 
+@functools.partial(jax.jit, static_argnames=("spec", "num_classes"))
 def init_readout(key: jax.Array, spec: SupernetSpec, *, num_classes: int) -> dict:
   """A task's readout: a dense layer from the last hidden layer to `num_classes` logits."""
   width = spec.hidden_sizes[-1]

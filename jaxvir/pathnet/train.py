@@ -524,7 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     summary[names[0]] = _task_summary(workdir, tasks[0], result, split="test", ablation=True)
     return summary
 
-  feature_shape = tasks[0]["features"].shape[1:]
+  feature_shape = tuple(tasks[0]["features"].shape[1:])
   params = supernet.init_params(keys["init"], spec, feature_shape=feature_shape)
   trainable = None
   for index, task in enumerate(tasks):
