@@ -119,6 +119,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   if config.trainer not in TRAINERS:
     _fail("trainer", f"unknown trainer {config.trainer!r}; one of {TRAINERS}")
+  if config.trainer == "pathnet":
+    from jaxvir.pathnet import train as pathnet_train
+
+    pathnet_train.check_config(config)
   if config.model.name not in models.names():
     _fail("model.name", f"unknown model {config.model.name!r}; one of {models.names()}")
   if config.model.dtype not in ("float32", "bfloat16"):
