@@ -489,14 +489,15 @@ def cached_training(config, dataset, state, eval_graphdef, labels, abstract_mode
     key = prefix_cache.cache_key(
       config.model.name, config.model.pretrained, stage, dataset.description,
       config.data.to_json_best_effort(), *jax.tree.leaves(
-        jax.tree.map(lambda p, l: p if l == optim.FROZEN else 0, state.params, labels)),
+        jax.tree.map(lambda p, label: p if label == optim.FROZEN else 0, state.params, labels)),
     )
     path = pathlib.Path(config.cache.dir).expanduser() / f"{config.model.name}-{stage}-{key}.npy"
   train_data = prefix_cache.cached_dataset(
     dataset, prefix_fn, batch_size=config.eval.batch_size, path=path
   )
-  log.warning("frozen-prefix cache: training %s from stage %s on cached features", config.model.name,
-              rest)
+  log.warning(
+    "frozen-prefix cache: training %s from stage %s on cached features", config.model.name, rest
+  )
   forward = lambda model, features: model.run(features, start=rest)
   # Evaluation reads the unaugmented variant (id 0, the first slot).
   eval_forward = lambda model, features: model.run(features[:, 0], start=rest)

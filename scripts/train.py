@@ -29,7 +29,9 @@ def default_workdir(config_path: str) -> pathlib.Path:
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+  logging.basicConfig(
+    level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+  )
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
   config = _CONFIG.value
   config_lib.validate(config)

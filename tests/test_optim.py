@@ -31,12 +31,16 @@ def optim_config(**changes):
 def test_labels_follow_patterns_and_thaw_phases():
   rules = optim.FreezeRules(patterns=("stem/.*", "stage1/.*"), thaw=((2, ("stage1/.*",)),))
   params = tiny_params()
-  labels0 = dict(zip(optim.parameter_paths(params), jax.tree.leaves(rules.labels(params))))
+  labels0 = dict(
+    zip(optim.parameter_paths(params), jax.tree.leaves(rules.labels(params)), strict=True)
+  )
   assert labels0 == {
     "head/bias": "trainable", "head/kernel": "trainable", "stage1/bias": "frozen",
     "stage1/kernel": "frozen", "stem/kernel": "frozen",
   }
-  labels2 = dict(zip(optim.parameter_paths(params), jax.tree.leaves(rules.labels(params, epoch=2))))
+  labels2 = dict(
+    zip(optim.parameter_paths(params), jax.tree.leaves(rules.labels(params, epoch=2)), strict=True)
+  )
   assert labels2["stage1/kernel"] == "trainable" and labels2["stem/kernel"] == "frozen"
   assert [rules.phase(e) for e in range(4)] == [0, 0, 1, 1]
 
@@ -94,7 +98,8 @@ def test_each_optimizer_matches_optax(name):
   config = optim_config(name=name, learning_rate=0.1)
   tx = optim.make_optimizer(config, schedule=optax.constant_schedule(0.1), labels=labels)
   reference = {
-    "sgd": optax.sgd(0.1, momentum=0.9), "adam": optax.adam(0.1), "adamw": optax.adamw(0.1, weight_decay=0.0),
+    "sgd": optax.sgd(0.1, momentum=0.9), "adam": optax.adam(0.1),
+    "adamw": optax.adamw(0.1, weight_decay=0.0),
     "rmsprop": optax.rmsprop(0.1, decay=0.9, eps=1e-8, momentum=0.9), "radam": optax.radam(0.1),
   }[name]
   ours, _ = tx.update(grads, tx.init(params), params)

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import pytest
 from flax import nnx
 
 from jaxvir import models, optim, parallel, steps, tasks
@@ -78,7 +77,8 @@ def test_frozen_parameters_and_stats():
   assert not np.array_equal(
     before.params["head"]["kernel"].get_value(), after.params["head"]["kernel"].get_value()
   )
-  for b, a in zip(jax.tree.leaves(before.batch_stats), jax.tree.leaves(after.batch_stats)):
+  for b, a in zip(jax.tree.leaves(before.batch_stats), jax.tree.leaves(after.batch_stats),
+                  strict=True):
     np.testing.assert_array_equal(a, b)
   assert sums["count"] == 16 and sums["nonfinite"] == 0
 
@@ -86,7 +86,8 @@ def test_frozen_parameters_and_stats():
 def test_batch_stats_update_when_not_frozen():
   before, after, _ = run_steps(1)
   changed = [not np.array_equal(a, b) for a, b in
-             zip(jax.tree.leaves(before.batch_stats), jax.tree.leaves(after.batch_stats))]
+             zip(jax.tree.leaves(before.batch_stats), jax.tree.leaves(after.batch_stats),
+                 strict=True)]
   assert all(changed)
 
 

@@ -77,7 +77,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   resumed_lines = metric_lines(killed)
   # A killed epoch may have logged before dying; the last line of each epoch is what counts.
   final = {(line["epoch"], line["split"]): line for line in without_speed(resumed_lines)}
-  expected = {(line["epoch"], line["split"]): line for line in without_speed(metric_lines(reference))}
+  expected = {
+    (line["epoch"], line["split"]): line for line in without_speed(metric_lines(reference))
+  }
   assert final == expected
 
 

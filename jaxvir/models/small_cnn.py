@@ -1,4 +1,4 @@
-"""A small CNN for quick runs and tests: conv-BN-ReLU blocks, global pooling, dropout, linear head."""
+"""A small CNN for quick runs and tests: conv-BN-ReLU blocks, pooling, dropout, linear head."""
 
 from collections.abc import Sequence
 
