@@ -34,8 +34,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-DOWNSAMPLING = ("space_to_depth", "plain")
-UPSAMPLING = ("subpixel", "plain")
 
 
 def plain_conv(x: jax.Array, kernel: jax.Array, *, stride: int) -> jax.Array:
@@ -205,7 +203,46 @@ def torch_default_init(fan_in: int) -> Callable[..., jax.Array]:
   return init
 
 
-class DownConv(nnx.Module):
+class _StridedConv(nnx.Module):
+  """A square kernel with a bias, applied by one of the exact formulations in `methods`."""
+
+  methods: dict[str, Callable[..., jax.Array]]
+  kind: str
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    kernel_size: int,
+    stride: int,
+    fan_in: int,
+    kernel_init: Callable[..., jax.Array] | None,
+    bias_init: Callable[..., jax.Array] | None,
+    method: str,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
+    if method not in self.methods:
+      raise ValueError(f"{self.kind} method={method!r}; use one of {tuple(self.methods)}")
+    kernel_init = kernel_init or torch_default_init(fan_in)
+    bias_init = bias_init or torch_default_init(fan_in)
+    shape = (kernel_size, kernel_size, in_features, out_features)
+    self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
+    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32))
+    self.stride = stride
+    self.method = method
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = self.methods[self.method]
+    kernel = self.kernel[...].astype(self.dtype)
+    return conv(x.astype(self.dtype), kernel, stride=self.stride) + self.bias[...].astype(
+      self.dtype
+    )
+
+
+class DownConv(_StridedConv):
   """A square VALID convolution with a stride (PyTorch `Conv2d(padding=0)`), bias included.
 
   Example:
@@ -215,40 +252,20 @@ class DownConv(nnx.Module):
     (1, 62, 62, 32)
   """
 
-  def __init__(
-    self,
-    in_features: int,
-    out_features: int,
-    *,
-    kernel_size: int,
-    stride: int,
-    kernel_init: Callable[..., jax.Array] | None = None,
-    bias_init: Callable[..., jax.Array] | None = None,
-    method: str = "space_to_depth",
-    dtype=jnp.float32,
-    rngs: nnx.Rngs,
-  ):
-    if method not in DOWNSAMPLING:
-      raise ValueError(f"downsampling method={method!r}; use one of {DOWNSAMPLING}")
-    fan_in = in_features * kernel_size * kernel_size
-    kernel_init = kernel_init or torch_default_init(fan_in)
-    bias_init = bias_init or torch_default_init(fan_in)
-    shape = (kernel_size, kernel_size, in_features, out_features)
-    self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
-    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32))
-    self.stride = stride
-    self.method = method
-    self.dtype = dtype
+  methods = {"space_to_depth": space_to_depth_conv, "plain": plain_conv}
+  kind = "downsampling"
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    conv = space_to_depth_conv if self.method == "space_to_depth" else plain_conv
-    kernel = self.kernel[...].astype(self.dtype)
-    return conv(x.astype(self.dtype), kernel, stride=self.stride) + self.bias[...].astype(
-      self.dtype
+  def __init__(self, in_features: int, out_features: int, *, kernel_size: int, stride: int,
+               kernel_init=None, bias_init=None, method: str = "space_to_depth",
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    super().__init__(
+      in_features, out_features, kernel_size=kernel_size, stride=stride,
+      fan_in=in_features * kernel_size * kernel_size, kernel_init=kernel_init,
+      bias_init=bias_init, method=method, dtype=dtype, rngs=rngs,
     )
 
 
-class UpConv(nnx.Module):
+class UpConv(_StridedConv):
   """A square transposed convolution (PyTorch `ConvTranspose2d(padding=0)`), bias included.
 
   Example:
@@ -258,35 +275,15 @@ class UpConv(nnx.Module):
     (1, 128, 128, 1)
   """
 
-  def __init__(
-    self,
-    in_features: int,
-    out_features: int,
-    *,
-    kernel_size: int,
-    stride: int,
-    kernel_init: Callable[..., jax.Array] | None = None,
-    bias_init: Callable[..., jax.Array] | None = None,
-    method: str = "subpixel",
-    dtype=jnp.float32,
-    rngs: nnx.Rngs,
-  ):
-    if method not in UPSAMPLING:
-      raise ValueError(f"upsampling method={method!r}; use one of {UPSAMPLING}")
-    # PyTorch computes a transposed convolution's fan-in from its weight's second axis.
-    fan_in = out_features * kernel_size * kernel_size
-    kernel_init = kernel_init or torch_default_init(fan_in)
-    bias_init = bias_init or torch_default_init(fan_in)
-    shape = (kernel_size, kernel_size, in_features, out_features)
-    self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
-    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32))
-    self.stride = stride
-    self.method = method
-    self.dtype = dtype
+  methods = {"subpixel": subpixel_conv_transpose, "plain": plain_conv_transpose}
+  kind = "upsampling"
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    conv = subpixel_conv_transpose if self.method == "subpixel" else plain_conv_transpose
-    kernel = self.kernel[...].astype(self.dtype)
-    return conv(x.astype(self.dtype), kernel, stride=self.stride) + self.bias[...].astype(
-      self.dtype
+  def __init__(self, in_features: int, out_features: int, *, kernel_size: int, stride: int,
+               kernel_init=None, bias_init=None, method: str = "subpixel", dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    # PyTorch computes a transposed convolution's fan-in from its weight's second axis.
+    super().__init__(
+      in_features, out_features, kernel_size=kernel_size, stride=stride,
+      fan_in=out_features * kernel_size * kernel_size, kernel_init=kernel_init,
+      bias_init=bias_init, method=method, dtype=dtype, rngs=rngs,
     )
