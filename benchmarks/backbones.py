@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
   label_array = np.arange(args.batch, dtype=np.int32) % args.num_classes
   mesh = parallel.make_mesh()
   batch = parallel.shard_batch({"image": images, "label": label_array}, mesh)
-  sums = steps.zero_sums(SUM_NAMES)
+  sums = steps.zero_sums(SUM_NAMES, mesh=mesh)
   torch_images, torch_labels = torch.from_numpy(images), torch.from_numpy(label_array).long()
 
   results = {
@@ -312,7 +312,7 @@ def cached_epoch(args, model, labels, torch_train, results, holder_state) -> tup
     arch=args.arch,
     forward=lambda m, batch: m.run(batch["features"], start=start_stage),
   )
-  sums = steps.zero_sums(SUM_NAMES)
+  sums = steps.zero_sums(SUM_NAMES, mesh=mesh)
   start = time.perf_counter()
   cached_step = cached_step.lower(state, sums, feature_batches[0]).compile()
   results["jaxvir_cached_compile_s"] = time.perf_counter() - start

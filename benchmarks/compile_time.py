@@ -1,9 +1,22 @@
 """Cold and warm compile time of a backbone's training step, with JAX's persistent cache.
 
-  python benchmarks/compile_time.py --arch resnet50 --batch 16 --size 128
+  python benchmarks/compile_time.py --arch resnet50 --batch 16 --size 128 [--steps 8] \
+      [--compiler-option NAME=VALUE ...] [--json OUT]
 
-Runs two fresh processes on one new cache directory: the first compiles cold and fills the
-cache, the second reads it (what rerunning a config costs). Prints both times and the load.
+Every measurement runs in a fresh process, as rerunning a config does. "cold" starts on a new
+persistent-cache directory (XLA compiles the step and fills the cache); "warm" then runs on the
+same directory (the executable is read back). Each prints the breakdown of its process's time:
+imports, the model's shapes and the step's setup, initialising the state (`jax.jit`, as
+`jaxvir.train` does), then the training step's tracing (`jit(step).trace`), lowering to StableHLO
+(`.lower()`) and compiling (`.compile()`: XLA when cold, cache lookup and loading when warm),
+with the cache's own hit and miss counts. The step is the training core's
+(`jaxvir.steps.make_train_step`, SGD with momentum, full fine-tuning, uint8 images preprocessed
+on device), on the persistent cache that `jaxvir.train.enable_compilation_cache` turns on.
+
+With `--compiler-option`, a second pair of processes compiles with those XLA options, and a last
+process runs the step compiled without and with them alternately for `--steps` rounds and prints
+the median step times, their ratio and whether the two give bitwise-equal results. The load
+average is printed before and after each process.
 """
 
 import argparse
@@ -13,25 +26,124 @@ import subprocess
 import sys
 import tempfile
 
-CHILD = """
-import json, sys, time
-import jax
-jax.config.update("jax_compilation_cache_dir", sys.argv[1])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-sys.path.insert(0, sys.argv[2])
-import numpy as np
-import backbones
-from jaxvir import parallel, steps
-arch, batch, size = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-model = backbones.abstract_model(arch, num_classes=10, dtype=np.float32, remat=False)
-train_step, state, _, _ = backbones.jaxvir_training(model, frozen="none", arch=arch)
-images = jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8)
-labels = jax.ShapeDtypeStruct((batch,), np.int32)
-sums = steps.zero_sums(backbones.SUM_NAMES)
+CHILD = r"""
+import json, statistics, sys, time
 start = time.perf_counter()
-train_step.lower(state, sums, {"image": images, "label": labels}).compile()
-print(json.dumps({"compile_s": time.perf_counter() - start}))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jaxvir import config as config_lib
+from jaxvir import models, optim, parallel, steps, tasks, train
+
+timings, cpu, events = {"imports": time.perf_counter() - start}, {}, {}
+count = lambda name, **_: events.update({name: events.get(name, 0) + 1})
+jax.monitoring.register_event_listener(count)
+args = json.loads(sys.argv[1])
+train.enable_compilation_cache(args["cache"])
+
+
+# Records the wall and process CPU seconds since `since`; returns the new mark.
+def tick(name, since):
+  timings[name], cpu[name] = time.perf_counter() - since[0], time.process_time() - since[1]
+  return time.perf_counter(), time.process_time()
+
+
+t = time.perf_counter(), time.process_time()
+arch, batch, size = args["arch"], args["batch"], args["size"]
+create = lambda: models.create(arch, num_classes=10, rngs=nnx.Rngs(0))
+train_graphdef, _, abstract_params, *_ = steps.split_model(nnx.eval_shape(create))
+labels = optim.FreezeRules(patterns=()).labels(abstract_params)  # full fine-tuning
+optim_config = config_lib.base_config().optim
+optim_config.name, optim_config.learning_rate, optim_config.momentum = "sgd", 1e-3, 0.9
+tx = optim.make_optimizer(optim_config, schedule=optax.constant_schedule(1e-3), labels=labels)
+
+
+def init_state():
+  _, _, params, batch_stats, rest = steps.split_model(create())
+  return steps.TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, rest=rest,
+    opt_state=tx.init(params), lr_scale=jnp.ones((), jnp.float32),
+  )
+
+
+mesh = parallel.make_mesh()
+sharding = jax.tree.map(lambda _: parallel.replicated(mesh), jax.eval_shape(init_state))
+forward = lambda model, images: model(model.preprocess(images))
+loss_fn = lambda model, b: tasks.classification_loss(forward(model, b["image"]), b["label"])
+train_step = steps.make_train_step(train_graphdef, tx, loss_fn, mesh=mesh, state_sharding=sharding)
+t = tick("setup", t)
+init = jax.jit(init_state, out_shardings=sharding)
+states = [init() for _ in args["options"]]
+jax.block_until_ready(states)
+t = tick("init", t)
+rng = np.random.default_rng(0)
+data = {
+  "image": jnp.asarray(rng.integers(0, 256, (batch, size, size, 3)), jnp.uint8),
+  "label": jnp.asarray(rng.integers(0, 10, (batch,)), jnp.int32),
+}
+sums = [steps.zero_sums(("loss", "correct", "count", "nonfinite"), mesh=mesh) for _ in states]
+traced = train_step.trace(states[0], sums[0], data)
+t = tick("trace", t)
+lowered = traced.lower()
+t = tick("lower", t)
+events.clear()
+compiled = [lowered.compile(compiler_options=options or None) for options in args["options"]]
+t = tick("compile", t)
+# The persistent cache's verdict on the training step alone.
+cache = {k.rsplit("/", 1)[1]: n for k, n in events.items() if "compilation_cache/cache_" in k}
+result = {"timings": timings, "cpu": cpu, "cache": cache, "eqns": len(traced.jaxpr.eqns)}
+if args["steps"]:
+  times = [[] for _ in compiled]
+  for _ in range(args["steps"] + 1):
+    for k, step in enumerate(compiled):
+      t = time.perf_counter()
+      states[k], sums[k] = step(states[k], sums[k], data)
+      jax.block_until_ready(sums[k])
+      times[k].append(time.perf_counter() - t)
+  result["step_s"] = [statistics.median(ts[1:]) for ts in times]
+  leaves = [jax.tree.leaves((s, u)) for s, u in zip(states, sums)]
+  result["bitwise_equal"] = all(
+    all(np.array_equal(a, b) for a, b in zip(leaves[0], other)) for other in leaves[1:]
+  )
+print(json.dumps(result))
 """
+
+
+def run_child(**kwargs) -> dict:
+  """Runs `CHILD` in a fresh Python process; returns its result and the load around it."""
+  load_before = os.getloadavg()
+  out = subprocess.run(
+    [sys.executable, "-c", CHILD, json.dumps(kwargs)], capture_output=True, text=True
+  )
+  if out.returncode:
+    raise RuntimeError(f"the measuring process failed:\n{out.stderr[-4000:]}")
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  return {**result, "load_before": load_before, "load_after": os.getloadavg()}
+
+
+def parse_option(text: str) -> tuple[str, object]:
+  """`NAME=VALUE` of an XLA option; VALUE is read as JSON when it can be (numbers, booleans)."""
+  name, separator, value = text.partition("=")
+  if not separator:
+    raise argparse.ArgumentTypeError(f"--compiler-option {text!r}: expected NAME=VALUE")
+  try:
+    return name, json.loads(value)
+  except json.JSONDecodeError:
+    return name, value
+
+
+def describe(name: str, result: dict) -> str:
+  """One line: trace + lower + compile (the goal's measure), then every phase, wall (CPU) s."""
+  wall, cpu = result["timings"], result["cpu"]
+  total = sum(wall[k] for k in ("trace", "lower", "compile"))
+  phases = " ".join(f"{k} {wall[k]:.2f} ({cpu[k]:.2f})" for k in cpu)
+  return (
+    f"{name}: trace+lower+compile {total:.2f} s | wall (CPU) s: imports {wall['imports']:.2f} "
+    f"{phases} | cache {result['cache']} | load {result['load_before'][0]:.2f} -> "
+    f"{result['load_after'][0]:.2f}"
+  )
 
 
 def main(argv=None) -> dict:
@@ -39,20 +151,40 @@ def main(argv=None) -> dict:
   parser.add_argument("--arch", default="resnet50")
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--size", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=8, help="timed steps per variant (0: none)")
+  parser.add_argument(
+    "--compiler-option",
+    type=parse_option,
+    action="append",
+    default=[],
+    metavar="NAME=VALUE",
+    help="an XLA option to compare against the default compilation (repeatable)",
+  )
   parser.add_argument("--json", help="write the results here")
   args = parser.parse_args(argv)
-  here = os.path.dirname(os.path.abspath(__file__))
-  results = {"arch": args.arch, "batch": args.batch, "size": args.size}
+  shape = {"arch": args.arch, "batch": args.batch, "size": args.size}
+  variants = {"default": {}}
+  if args.compiler_option:
+    variants["options"] = dict(args.compiler_option)
+  results = {**shape, "variants": variants}
+  # One cache directory: the variants' keys differ, and the timing process reads both back.
   with tempfile.TemporaryDirectory() as cache:
-    for name in ("cold", "warm"):
-      load = os.getloadavg()[0]
-      out = subprocess.run(
-        [sys.executable, "-c", CHILD, cache, here, args.arch, str(args.batch), str(args.size)],
-        capture_output=True, text=True, check=True,
+    for variant, options in variants.items():
+      for start in ("cold", "warm"):
+        name = f"{variant} {start}"
+        results[name] = run_child(**shape, cache=cache, options=[options], steps=0)
+        print(describe(name, results[name]), flush=True)
+    if args.steps:
+      timed = run_child(**shape, cache=cache, options=list(variants.values()), steps=args.steps)
+      results["steps"] = timed
+      medians = ", ".join(f"{v} {s:.3f} s" for v, s in zip(variants, timed["step_s"], strict=True))
+      several = len(variants) > 1
+      ratio = f", ratio {timed['step_s'][-1] / timed['step_s'][0]:.3f}" if several else ""
+      equal = f", bitwise equal: {timed['bitwise_equal']}" if several else ""
+      print(
+        f"step (median of {args.steps}): {medians}{ratio}{equal} | load "
+        f"{timed['load_before'][0]:.2f} -> {timed['load_after'][0]:.2f}"
       )
-      results[f"{name}_compile_s"] = json.loads(out.stdout.strip().splitlines()[-1])["compile_s"]
-      results[f"{name}_load"] = load
-      print(f"{name}: {results[f'{name}_compile_s']:.2f} s (load {load:.2f})")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=2)

@@ -45,7 +45,7 @@ def step_memory(arch: str, *, size: int, batch: int, remat: bool, dtype=jnp.floa
     "label": jax.ShapeDtypeStruct((batch,), np.int32, sharding=sharding),
   }
   start = time.perf_counter()
-  compiled = train_step.lower(state, steps.zero_sums(SUM_NAMES), batch_spec).compile()
+  compiled = train_step.lower(state, steps.zero_sums(SUM_NAMES, mesh=mesh), batch_spec).compile()
   analysis = compiled.memory_analysis()
   result = {field: int(getattr(analysis, field)) for field in FIELDS}
   result["compile_s"] = time.perf_counter() - start

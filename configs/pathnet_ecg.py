@@ -4,6 +4,8 @@
   python scripts/train.py --config configs/pathnet_ecg.py:runlocal      # < 2 minutes
   python scripts/train.py --config configs/pathnet_ecg.py:inter_patient # whole records held out
 
+The same command with the same --workdir resumes a killed run from its last checkpoint.
+
 `data.dir` defaults to `../shared/data/mitdb` (six records); without records there, the run
 tries PhysioNet (failing fast offline) and otherwise trains on synthetic beats, and says so in
 the log and in `report.json`. Without `model.pretrained` the VGG-16 encoder has random

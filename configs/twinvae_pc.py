@@ -4,6 +4,11 @@
   python scripts/train.py --config configs/twinvae_pc.py:paper
   python scripts/train.py --config configs/twinvae_pc.py:runlocal
 
+`:runlocal` trains 2 epochs of 8 steps (8 natural + 16 synthetic images each) and shows the test
+count error falling (MAE 10.3 -> 6.5 synthetic, 12.3 -> 8.4 natural): 58 s on 2 cores with the
+persistent compilation cache warm; compiling the training step adds about 60-100 s to the first
+run on a machine (and after a change to the model's code).
+
 The default is the `reference` variant as the authors' public code trains it (Adam, learning
 rate 1e-4, L2 weight decay 1e-4, loss weights 1000/1/1, MSE, regressor from epoch 0, no small
 rotations). `:paper` uses the paper's settings (orthogonal init, regressor on the shared

@@ -66,7 +66,8 @@ def restore(mngr, step: int, *, abstract_state):
     mngr: the manager.
     step: the checkpoint's step.
     abstract_state: `jax.ShapeDtypeStruct`s (with shardings) of the state, e.g. from
-      `jax.eval_shape`.
+      `jax.eval_shape`; None restores the saved tree as nested dicts and lists of arrays
+      (for states whose structure the caller rebuilds).
 
   Returns:
     `(state, loop)`: the restored state and the loop's JSON state.

@@ -60,9 +60,21 @@ def split_model(model: nnx.Module, *, freeze_batch_stats: bool = False):
   return train_graphdef, eval_graphdef, params, batch_stats, rest
 
 
-def zero_sums(names: tuple[str, ...]) -> dict[str, jax.Array]:
-  """Accumulators for per-step metric sums."""
-  return {name: jnp.zeros((), jnp.float32) for name in names}
+def zero_sums(names: tuple[str, ...], *, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """Accumulators for per-step metric sums, replicated on the steps' `mesh`.
+
+  The steps return their sums replicated on the mesh; sums placed otherwise (uncommitted
+  arrays) in the first call would make the second call trace and compile the step again.
+
+  Args:
+    names: the sums' names.
+    mesh: the device mesh of the steps that accumulate them.
+
+  Returns:
+    A float32 zero per name.
+  """
+  sums = {name: jnp.zeros((), jnp.float32) for name in names}
+  return jax.device_put(sums, parallel.replicated(mesh))
 
 
 def make_train_step(

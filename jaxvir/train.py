@@ -7,6 +7,7 @@ position and the RNG streams, so a killed run ends with the metrics of an uninte
 """
 
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -112,7 +113,7 @@ def classification_fns(config, class_weights, *, forward=forward_images, eval_fo
 
 def evaluate_split(eval_step, variables, batches: Iterator[dict], mesh) -> tuple[dict, np.ndarray]:
   """Runs `eval_step` over `batches`; returns metrics and the (labels, probs) of real examples."""
-  sums = steps.zero_sums(("loss", "correct", "count"))
+  sums = steps.zero_sums(("loss", "correct", "count"), mesh=mesh)
   labels, probs = [], []
   for batch in batches:
     sums, batch_probs = eval_step(*variables, sums, parallel.shard_batch(batch, mesh))
@@ -229,7 +230,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   phase = rules.phase(max(loop["epoch"] - 1, 0))
   tx, init_state, abstract_state, state_sharding = build_phase(max(loop["epoch"] - 1, 0))
   if latest is None:
-    state = jax.jit(init_state, out_shardings=state_sharding)(keys)
+    if config.model.pretrained is None:
+      state = jax.jit(init_state, out_shardings=state_sharding)(keys)
+    else:  # eagerly: traced, the converted weights would be baked into the program as constants
+      state = jax.device_put(init_state(keys), state_sharding)
     if is_main:
       (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   else:
@@ -265,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   metrics_path = workdir / "metrics.jsonl"
 
   # Loop.
-  sums = steps.zero_sums(("loss", "correct", "count", "nonfinite"))
+  sums = steps.zero_sums(("loss", "correct", "count", "nonfinite"), mesh=mesh)
   bar = tqdm.tqdm(
     total=total_steps, initial=int(state.step), disable=not (is_main and sys.stderr.isatty()),
     unit="step", dynamic_ncols=True,
@@ -294,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if bar.disable and is_main:
           log.info("step %d/%d epoch %d loss %.4f", step, total_steps, epoch, loss)
     host_sums = jax.device_get(sums)
-    sums = steps.zero_sums(("loss", "correct", "count", "nonfinite"))
+    sums = steps.zero_sums(("loss", "correct", "count", "nonfinite"), mesh=mesh)
     if host_sums["nonfinite"]:
       raise NonFiniteLossError(
         f"the training loss became NaN or infinite in epoch {epoch}; the run stopped and kept "
@@ -439,7 +443,7 @@ def predict_images(run: Run, images: np.ndarray) -> np.ndarray:
       "mask": np.arange(batch_size) < len(chunk),
     }
     _, batch_probs = run.eval_step(
-      *run.variables, steps.zero_sums(("loss", "correct", "count")),
+      *run.variables, steps.zero_sums(("loss", "correct", "count"), mesh=run.mesh),
       parallel.shard_batch(batch, run.mesh),
     )
     probs.append(np.asarray(batch_probs)[: len(chunk)])
@@ -479,10 +483,13 @@ def cached_training(config, dataset, state, eval_graphdef, labels, abstract_mode
     )
   rest = prefix_cache.next_stage(abstract_model, stage)
 
+  # The weights are arguments: closed over, they would be baked into the program as constants.
   @jax.jit
-  def prefix_fn(images):
-    model = nnx.merge(eval_graphdef, state.params, state.batch_stats, state.rest)
+  def prefix_with(params, batch_stats, rest, images):
+    model = nnx.merge(eval_graphdef, params, batch_stats, rest)
     return model.run(model.preprocess(images), stop=stage)
+
+  prefix_fn = functools.partial(prefix_with, state.params, state.batch_stats, state.rest)
 
   path = None
   if config.cache.frozen_prefix == "disk":

@@ -118,15 +118,36 @@ def _data_config(directory, cache_dir):
   return config
 
 
-def test_source_falls_back_to_synthetic_and_caches(monkeypatch, tmp_path):
+def _all_images(source):
+  return np.stack([source.records[i]["image"] for i in range(len(source.records))])
+
+
+def test_source_falls_back_to_synthetic_and_caches_as_array_record(monkeypatch, tmp_path):
   config = _data_config(tmp_path / "empty", tmp_path / "cache")
   source = sources.build_source(config, seed=0)
   assert "SYNTHETIC" in source.description
-  assert source.records[0]["image"].shape == (16, 16, 1) and len(source.labels) == 30
+  beats = ecg.synthesize_beats(10, seed=0)
+  images = _all_images(source)
+  np.testing.assert_array_equal(images, ecg.render_beats(beats.signals, size=16))
+  np.testing.assert_array_equal(source.labels, beats.labels)
+  np.testing.assert_array_equal(source.groups, beats.groups)
+  assert source.records[0]["label"] == beats.labels[0]
+  assert len(list((tmp_path / "cache" / "jaxvir_ecg_beats").rglob("*.array_record-*"))) == 1
+
   monkeypatch.setattr(ecg, "render_beats", lambda *a, **k: pytest.fail("cache not used"))
   again = sources.build_source(config, seed=0)
-  np.testing.assert_array_equal(again.records.images, source.records.images)
+  np.testing.assert_array_equal(_all_images(again), images)
   np.testing.assert_array_equal(again.groups, source.groups)
+  config.channels = 3
+  colour = sources.build_source(config, seed=0)
+  np.testing.assert_array_equal(colour.records[4]["image"], np.repeat(images[4], 3, axis=-1))
+
+  # A changed rendering setting prepares a second copy.
+  config.ecg.line_width = 2.0
+  monkeypatch.undo()
+  wider = sources.build_source(config, seed=0)
+  assert (_all_images(wider) < 255).sum() > (images < 255).sum()
+  assert len(list((tmp_path / "cache" / "jaxvir_ecg_beats").iterdir())) == 2
 
 
 def test_source_reads_real_records(tmp_path):

@@ -1,5 +1,6 @@
 """Shared backbone layers against torch's layers and the sources' preprocessing formulas."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -63,6 +64,60 @@ def test_batch_norm_conventions_and_dtypes():
     layers.batch_norm(4, source="caffe", rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("source", ["torchvision", "keras"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_lowers_to_flaxs_program_with_gradients_and_updates(source, dtype, training):
+  def lowered_step(bn, call):
+    bn.use_running_average = not training
+    graphdef, state = nnx.split(bn)
+
+    def loss(state, x):
+      bn = nnx.merge(graphdef, state)
+      return jnp.sum(jnp.sin(call(bn, x).astype(jnp.float32))), nnx.state(bn)
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    return step.lower(state, jnp.zeros((2, 3, 5, 6), dtype)).as_text()
+
+  ours = layers.batch_norm(6, source=source, rngs=nnx.Rngs(0))
+  flax_bn = nnx.BatchNorm(6, epsilon=ours.epsilon, momentum=ours.momentum, rngs=nnx.Rngs(0))
+  flax_call = lambda bn, x: bn(x.astype(jnp.float32)).astype(x.dtype)
+  assert lowered_step(ours, lambda bn, x: bn(x)) == lowered_step(flax_bn, flax_call)
+
+
+class ConvBlock(nnx.Module):
+  def __init__(self, *, rngs):
+    self.conv = layers.conv2d(4, 4, 3, padding=1, rngs=rngs)
+    self.bn = layers.batch_norm(4, source="torchvision", rngs=rngs)
+
+  def __call__(self, x):
+    return jax.nn.relu(self.bn(self.conv(x))) + x
+
+
+def test_cached_call_block_traces_equal_blocks_once_and_computes_the_same():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 4)), jnp.float32)
+  make_blocks = lambda: nnx.List([ConvBlock(rngs=nnx.Rngs(seed)) for seed in range(3)])
+
+  def loss(blocks, call):
+    y = x
+    for block in blocks:
+      y = call(block, y)
+    return jnp.sum(jnp.sin(y))
+
+  results = []
+  for call in (layers.call_block, layers.cached_call_block):
+    blocks = make_blocks()
+    value, grads = nnx.jit(nnx.value_and_grad(loss), static_argnums=1)(blocks, call)
+    results.append(jax.tree.leaves((value, grads, nnx.state(blocks, nnx.BatchStat))))
+  for plain, cached in zip(*results, strict=True):
+    np.testing.assert_array_equal(cached, plain)
+
+  graphdef, state = nnx.split(make_blocks())
+  jaxpr = jax.make_jaxpr(lambda s: loss(nnx.merge(graphdef, s), layers.cached_call_block))(state)
+  calls = [eqn.params["jaxpr"] for eqn in jaxpr.eqns if eqn.primitive.name == "jit"]
+  assert len(calls) == 3 and len({id(call) for call in calls}) == 1
+
+
 def test_preprocessing_matches_the_sources_formulas():
   images = np.random.default_rng(3).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
   mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -82,3 +137,97 @@ def test_grey_images_are_repeated_to_three_channels():
     )
   with pytest.raises(ValueError, match="2 channels"):
     layers.torch_preprocess(jnp.zeros((1, 3, 3, 2), jnp.uint8))
+
+
+@pytest.mark.parametrize("stride, size, use_bias", [(1, 5, True), (2, 5, False), (2, 6, True)])
+def test_pointwise_conv_equals_the_plain_convolution_and_its_gradients(stride, size, use_bias):
+  pointwise = layers.conv2d(3, 4, 1, stride=stride, use_bias=use_bias, rngs=nnx.Rngs(0))
+  assert isinstance(pointwise, layers.PointwiseConv)
+  plain = nnx.Conv(3, 4, (1, 1), strides=stride, padding=0, use_bias=use_bias, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((2, size, size, 3)), jnp.float32)
+
+  def value_and_grads(conv):
+    loss = lambda conv, x: jnp.sum(jnp.sin(conv(x)))
+    return jax.value_and_grad(loss, argnums=(0, 1))(conv, x)
+
+  (value, (grads, x_grad)), (plain_value, (plain_grads, plain_x_grad)) = map(
+    value_and_grads, (pointwise, plain)
+  )
+  np.testing.assert_allclose(pointwise(x), plain(x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(value, plain_value, rtol=1e-6)
+  np.testing.assert_allclose(x_grad, plain_x_grad, rtol=1e-6, atol=1e-6)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    nnx.state(grads, nnx.Param),
+    nnx.state(plain_grads, nnx.Param),
+  )
+
+
+@pytest.mark.parametrize(
+  "window, stride, padding, size", [(3, 2, 1, 7), (3, 2, 1, 8), (2, 2, 0, 6)]
+)
+def test_max_pool_gradient_is_torchs_including_ties(window, stride, padding, size):
+  # Small integers after a ReLU: many windows hold tied maxima, zeros included.
+  rng = np.random.default_rng(4)
+  x = np.maximum(rng.integers(-2, 3, (2, size, size, 3)), 0).astype(np.float32)
+  reference_x = nchw(x).requires_grad_(True)
+  reference = torch.nn.MaxPool2d(window, stride=stride, padding=padding)(reference_x)
+  pooled_grad = rng.standard_normal(tuple(reference.shape)).astype(np.float32)
+  reference.backward(torch.from_numpy(pooled_grad))
+  pooled, vjp = jax.vjp(
+    lambda x: layers.max_pool(x, window=window, stride=stride, padding=padding), jnp.asarray(x)
+  )
+  np.testing.assert_array_equal(pooled, nhwc(reference.detach()))
+  (x_grad,) = vjp(jnp.asarray(pooled_grad.transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(x_grad, nhwc(reference_x.grad), rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_keeps_bfloat16():
+  x = jnp.arange(2 * 6 * 6 * 3, dtype=jnp.bfloat16).reshape(2, 6, 6, 3)
+  grad = jax.grad(lambda x: layers.max_pool(x, window=3, stride=2, padding=1).sum())(x)
+  assert grad.dtype == jnp.bfloat16
+  # Increasing values: each window's maximum is its bottom-right element, hit once per window.
+  assert float(grad.sum()) == 2 * 3 * 3 * 3
+
+
+@pytest.mark.parametrize(
+  "shape, kernel_shape, stride, padding",
+  [
+    ((2, 7, 7, 3), (3, 3, 3, 4), 1, 1),  # XLA's own kernel gradient (narrow, small)
+    ((2, 9, 9, 128), (3, 3, 128, 128), 2, 1),  # per-tap dots (wide)
+    ((2, 6, 6, 2), (7, 7, 2, 3), 2, 3),  # a 7x7 stem, XLA's own
+  ],
+)
+def test_tap_conv_equals_the_plain_convolution_and_its_gradients(
+  shape, kernel_shape, stride, padding
+):
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal(kernel_shape), jnp.float32)
+  strides, pads = (stride, stride), ((padding, padding), (padding, padding))
+  plain = lambda x, kernel: jax.lax.conv_general_dilated(
+    x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  tapped = lambda x, kernel: layers.conv_tap_grad(x, kernel, strides, pads)
+  y, vjp = jax.vjp(tapped, x, kernel)
+  plain_y, plain_vjp = jax.vjp(plain, x, kernel)
+  np.testing.assert_array_equal(y, plain_y)
+  y_grad = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  for grad, plain_grad in zip(vjp(y_grad), plain_vjp(y_grad), strict=True):
+    scale = float(jnp.max(jnp.abs(plain_grad)))
+    np.testing.assert_allclose(grad / scale, plain_grad / scale, atol=1e-6)
+
+
+def test_conv2d_picks_the_formulation_by_kernel():
+  assert type(layers.conv2d(4, 4, 1, rngs=nnx.Rngs(0))) is layers.PointwiseConv
+  assert type(layers.conv2d(4, 4, 1, padding=1, rngs=nnx.Rngs(0))) is layers.TapConv
+  assert type(layers.conv2d(4, 4, 3, padding=1, rngs=nnx.Rngs(0))) is layers.TapConv
+
+
+def test_tap_conv_uses_per_tap_dots_only_where_they_pay_off():
+  wide = jnp.zeros((3, 3, 128, 256))
+  assert layers._taps_pay_off(jnp.zeros((16, 16, 16, 128)), wide)
+  assert layers._taps_pay_off(jnp.zeros((16, 64, 64, 64)), jnp.zeros((3, 3, 64, 128)))
+  assert not layers._taps_pay_off(jnp.zeros((16, 32, 32, 128)), jnp.zeros((3, 3, 128, 32)))
+  assert not layers._taps_pay_off(jnp.zeros((16, 32, 32, 64)), jnp.zeros((3, 3, 64, 64)))
+  assert layers._taps_pay_off(jnp.zeros((16, 128, 128, 64)), jnp.zeros((3, 3, 64, 64)))

@@ -7,6 +7,7 @@ import optax
 import pytest
 import torch
 
+from jaxvir import tasks
 from jaxvir.pathnet import evolution, genotypes, supernet
 
 FEATURES = (3, 3, 8)
@@ -175,6 +176,23 @@ def test_gradient_rule_is_the_mean_over_each_modules_users():
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got_readout, want_readout
   )
+
+
+def test_class_weighted_loss_is_the_classifiers_weighted_mean():
+  logits = np.array([[2.0, 0.0, -1.0], [0.5, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 2.0]])
+  labels = jnp.array([0, 0, 1, 2])
+  # Balanced weights n / (k * count) of training labels (0, 0, 0, 1, 2, 2).
+  weights = jnp.array([2 / 3, 2.0, 1.0])
+  population = jnp.asarray(np.stack([logits, logits[[1, 0, 2, 3]]]), jnp.float32)
+  loss, accuracy = evolution.cross_entropy_and_accuracy(population, labels, class_weights=weights)
+  # Per-example cross-entropy 0.16985, 1.18027, 0.16985, 0.40761; weights 2/3, 2/3, 2, 1:
+  # (2/3 * 0.16985 + 2/3 * 1.18027 + 2 * 0.16985 + 0.40761) / (2/3 + 2/3 + 2 + 1).
+  np.testing.assert_allclose(loss, [0.38016349, 0.38016349], rtol=1e-6)
+  np.testing.assert_allclose(accuracy, [0.75, 0.75])  # not weighted
+  unweighted, _ = evolution.cross_entropy_and_accuracy(population, labels)
+  np.testing.assert_allclose(unweighted, [0.48189192, 0.48189192], rtol=1e-6)
+  classifier_loss, _ = tasks.classification_loss(population[0], labels, class_weights=weights)
+  np.testing.assert_allclose(loss[0], classifier_loss, rtol=1e-6)
 
 
 # One compiled generation step serves the tournament, freezing and learning tests: equal

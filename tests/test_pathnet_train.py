@@ -3,15 +3,23 @@
 import importlib.util
 import json
 import pathlib
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from jaxvir import checkpoint, tasks
 from jaxvir.data import ecg
 from jaxvir.pathnet import features as features_lib
+from jaxvir.pathnet import finetune
 from jaxvir.pathnet import train as pathnet_train
+from jaxvir.train import NonFiniteLossError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -59,44 +67,6 @@ def synthetic_ecg(config, tmp_path):
   config.data.ecg.download = False
   config.data.ecg.synthetic_beats_per_class = 40
   return config
-
-
-def test_joint_run_writes_reports_and_keeps_frozen_modules(monkeypatch, tmp_path):
-  monkeypatch.setattr(features_lib, "make_encoder", tiny_encoder)
-  config = shrink(synthetic_ecg(load_config("pathnet_joint"), tmp_path), tmp_path)
-  config.pathnet.second_data.image_size = (16, 16)
-  config.pathnet.second_data.dir = str(SHARED / "cxr3")
-  config.pathnet.second_data.cache_dir = str(tmp_path / "data_cache")
-  workdir = tmp_path / "run"
-  summary = pathnet_train.train_and_evaluate(config, workdir)
-
-  report = json.loads((workdir / "report.json").read_text())["splits"]
-  assert set(report) == {"ecg_test", "pneumonia_test", "joint_test"}
-  assert report["ecg_test"]["synthetic_data"] is True
-  assert "SYNTHETIC" in report["ecg_test"]["data"]
-  assert report["pneumonia_test"]["metrics"]["class_names"] == ["covid", "normal", "pneumonia"]
-  assert len(report["joint_test"]["metrics"]["class_names"]) == 6
-  joint = summary["joint"]
-  assert set(joint["per_task"]) == {"ecg", "pneumonia"}
-  assert 0 <= joint["overall_accuracy"] <= 1
-  for name in ("ecg", "pneumonia"):
-    lines = (workdir / f"evolution_{name}.jsonl").read_text().splitlines()
-    assert 1 <= len(lines) <= 3, "the generation budget is respected"
-    assert (workdir / "plots" / f"evolution_{name}.png").stat().st_size > 0
-  assert (workdir / "plots" / "paths.png").stat().st_size > 0
-  assert (workdir / "plots" / "joint_test" / "confusion_matrix.png").exists()
-
-  with np.load(workdir / "pathnet_params.npz", allow_pickle=False) as saved:
-    genotype = saved["ecg/genotype"]
-    assert genotype.shape == (3, 3)
-    for layer, name in enumerate(["conv", "fc1", "fc2"]):
-      for module in set(genotype[layer].tolist()):
-        for leaf in ("kernel", "bias"):
-          # Task B trained around task A's path: those modules are unchanged.
-          np.testing.assert_array_equal(
-            saved[f"ecg/modules/{name}/{leaf}"][module],
-            saved[f"pneumonia/modules/{name}/{leaf}"][module],
-          )
 
 
 def test_no_path_selection_ablation(monkeypatch, tmp_path):
@@ -149,3 +119,178 @@ def test_configs_validate(name):
     config_lib.validate(config)
     pathnet_train.check_config(config)
     assert config.trainer == "pathnet"
+
+
+def joint_config(tmp_path):
+  """A tiny joint run (ECG beats, then chest X-rays) with 3 chunks of generations per task."""
+  config = shrink(synthetic_ecg(load_config("pathnet_joint"), tmp_path), tmp_path)
+  config.pathnet.second_data.image_size = (16, 16)
+  config.pathnet.second_data.dir = str(SHARED / "cxr3")
+  config.pathnet.second_data.cache_dir = str(tmp_path / "data_cache")
+  config.pathnet.generations_per_log = 1
+  config.pathnet.fitness_threshold = 2.0  # never reached: a fixed number of checkpoints
+  config.train.epochs = 3
+  config.train.early_stopping_patience = 0
+  # The runs below are separate processes: the later ones load the first one's executables.
+  config.compilation_cache_dir = str(tmp_path / "jit")
+  return config
+
+
+# Runs `joint_config` in a fresh process; with `kill_at`, SIGKILLs it right after the second
+# checkpoint save of that stage (that save may be cut short: resuming must then use the one
+# before).
+RUN = """
+import os, pathlib, signal, sys
+import jax
+jax.config.update("jax_default_matmul_precision", "highest")
+sys.path.insert(0, {tests!r})
+import test_pathnet_train as t
+from jaxvir import checkpoint
+from jaxvir.pathnet import features, train
+features.make_encoder = t.tiny_encoder
+stages, save = [], checkpoint.save
+def save_then_die(*args, loop, **kwargs):
+  save(*args, loop=loop, **kwargs)
+  stages.append(loop["stage"])
+  if stages.count({kill_at!r}) == 2:
+    os.kill(os.getpid(), signal.SIGKILL)
+if {kill_at!r}:
+  checkpoint.save = save_then_die
+train.train_and_evaluate(t.joint_config(pathlib.Path({tmp!r})), {workdir!r})
+"""
+
+
+def run_joint(tmp_path, workdir, *, kill_at=None) -> int:
+  script = RUN.format(
+    tests=str(ROOT / "tests"), kill_at=kill_at, tmp=str(tmp_path), workdir=str(workdir)
+  )
+  process = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=600)
+  assert process.returncode in (0, -signal.SIGKILL), process.stderr.decode()[-3000:]
+  return process.returncode
+
+
+def _without_timing(value):
+  if isinstance(value, dict):
+    return {
+      k: _without_timing(v)
+      for k, v in value.items()
+      if k not in ("evolution_seconds", "pathways_per_second", "created")
+    }
+  return value
+
+
+def test_joint_run_writes_reports_and_keeps_frozen_modules(tmp_path):
+  workdir = tmp_path / "reference"
+  assert run_joint(tmp_path, workdir) == 0
+  report = json.loads((workdir / "report.json").read_text())["splits"]
+  assert set(report) == {"ecg_test", "pneumonia_test", "joint_test"}
+  assert report["ecg_test"]["synthetic_data"] is True
+  assert "SYNTHETIC" in report["ecg_test"]["data"]
+  assert report["pneumonia_test"]["metrics"]["class_names"] == ["covid", "normal", "pneumonia"]
+  assert len(report["joint_test"]["metrics"]["class_names"]) == 6
+  joint = json.loads((workdir / "pathnet_summary.json").read_text())["joint"]
+  assert set(joint["per_task"]) == {"ecg", "pneumonia"}
+  assert 0 <= joint["overall_accuracy"] <= 1
+  for name in ("ecg", "pneumonia"):
+    lines = (workdir / f"evolution_{name}.jsonl").read_text().splitlines()
+    assert len(lines) == 3, "the generation budget is respected"
+    assert (workdir / "plots" / f"evolution_{name}.png").stat().st_size > 0
+  assert (workdir / "plots" / "paths.png").stat().st_size > 0
+  assert (workdir / "plots" / "joint_test" / "confusion_matrix.png").exists()
+
+  saved = pathnet_train.load_results(workdir)
+  genotype = np.asarray(saved["ecg"]["genotype"])
+  assert genotype.shape == (3, 3)
+  for layer, name in enumerate(["conv", "fc1", "fc2"]):
+    np.testing.assert_array_equal(saved["pneumonia"]["trainable"][name][genotype[layer]], 0.0)
+    for module in set(genotype[layer].tolist()):
+      for leaf in ("kernel", "bias"):
+        # Task B trained around task A's path: those modules are unchanged.
+        np.testing.assert_array_equal(
+          saved["ecg"]["params"][name][leaf][module],
+          saved["pneumonia"]["params"][name][leaf][module],
+        )
+
+  # Killed with SIGKILL in task A's evolution, then in task B's final training; the same
+  # command again finishes the run with the uninterrupted run's results.
+  killed = tmp_path / "killed"
+  for stage in ("ecg/evolution", "pneumonia/fit"):
+    assert run_joint(tmp_path, killed, kill_at=stage) == -signal.SIGKILL
+    mngr = checkpoint.manager(killed / "checkpoints", keep=1, read_only=True)
+    assert checkpoint.restore_loop(mngr, mngr.latest_step())["stage"] == stage
+  assert not (killed / "pathnet_summary.json").exists()
+  assert run_joint(tmp_path, killed) == 0
+  for file in ("pathnet_summary.json", "report.json"):
+    got = json.loads((killed / file).read_text())
+    assert _without_timing(got) == _without_timing(json.loads((workdir / file).read_text()))
+  for name in ("ecg", "pneumonia"):
+    file = f"evolution_{name}.jsonl"
+    assert (killed / file).read_text() == (workdir / file).read_text()
+  jax.tree.map(np.testing.assert_array_equal, pathnet_train.load_results(killed), saved)
+
+
+def test_checkpoints_refuse_nonfinite_losses_and_resume_into_fresh_structure(tmp_path):
+  run = pathnet_train.RunCheckpoints(tmp_path, keep=2)
+  state = {"a": jnp.arange(3.0), "b": (jnp.ones((2,), jnp.int32),)}
+  run.save("task/evolution", state, {"chunk": 1}, loss=0.5)
+
+  class NanStrategy:
+    """Generations whose training loss is NaN."""
+
+    def run(self, state, key, data, budget, *, num_generations):
+      metrics = {
+        "ran": np.ones(num_generations, bool),
+        "generation": np.arange(1, num_generations + 1),
+        "best_fitness": np.zeros(num_generations),
+        "mean_fitness": np.zeros(num_generations),
+        "mean_loss": np.array([0.5, np.nan])[:num_generations],
+      }
+      return state, metrics
+
+  with pytest.raises(NonFiniteLossError, match=r"last good checkpoint \(step 1\)"):
+    pathnet_train.evolve(
+      NanStrategy(),
+      SimpleNamespace(done=False, best_genotype=np.zeros((3, 3), np.int32)),
+      jax.random.key(0),
+      None,
+      max_generations=4,
+      chunk=2,
+      name="task",
+      on_chunk=lambda s, progress, loss: run.save("task/evolution", state, progress, loss=loss),
+    )
+  run.mngr.wait_until_finished()
+  assert run.mngr.all_steps() == [1]
+
+  resumed = pathnet_train.RunCheckpoints(tmp_path, keep=2)
+  assert resumed.resume("task/fit", state) is None
+  restored, progress = resumed.resume("task/evolution", jax.tree.map(jnp.zeros_like, state))
+  assert progress == {"chunk": 1} and isinstance(restored["b"], tuple)
+  jax.tree.map(np.testing.assert_array_equal, restored, state)
+  with pytest.raises(ValueError, match="other settings"):
+    resumed.resume("task/evolution", {"a": jnp.zeros(4), "b": (jnp.ones((2,), jnp.int32),)})
+
+
+def test_loss_weights_balance_the_final_training_loss(tmp_path):
+  labels = np.array([0, 0, 0, 1, 2, 2, 0, 1], np.int32)
+  splits = {"train": np.arange(6), "val": np.array([6, 7]), "test": np.array([6, 7])}
+  config = load_config("pathnet_ecg").data
+  assert pathnet_train.task_class_weights(labels, splits, config, num_classes=4) is None
+  config.balance = "loss_weights"
+  weights = pathnet_train.task_class_weights(labels, splits, config, num_classes=4)
+  # n / (k * count) over the training split: 6 examples, 3 present classes, counts 3, 1, 2.
+  np.testing.assert_allclose(weights, [2 / 3, 2.0, 1.0, 0.0], rtol=1e-6)
+
+  features = jax.random.normal(jax.random.key(0), (8, 2, 2, 3))
+  task = {"splits": splits, "features": np.asarray(features), "labels": labels}
+  params = finetune.init_mlp(jax.random.key(1), in_features=12, hidden=5, num_classes=4)
+  head = finetune.mlp_head()
+  logits = head.apply(params, features[:6])
+  for class_weights in (None, weights):
+    data = pathnet_train._device_data(dict(task, class_weights=class_weights))
+    _, history = finetune.fit(
+      head, params, data, optimizer=optax.sgd(0.1), key=jax.random.key(2), epochs=1, batch_size=6
+    )
+    want, _ = tasks.classification_loss(
+      logits, jnp.asarray(labels[:6]), class_weights=None if class_weights is None else weights
+    )
+    np.testing.assert_allclose(history[0]["train_loss"], float(want), rtol=1e-6)

@@ -137,6 +137,16 @@ def test_remat_gives_the_same_gradients_and_is_in_the_graph():
   assert len(re.findall(r"= remat\w*\[", jaxpr)) == 16  # one per bottleneck block
 
 
+def test_identical_bottlenecks_share_one_trace():
+  model = abstract_resnet50(num_classes=2)
+  graph, state = nnx.split(model)
+  image = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graph, s)(x))(state, image)
+  blocks = [eqn.params["jaxpr"] for eqn in jaxpr.eqns if eqn.primitive.name == "jit"]
+  # Per stage, block0 (projection shortcut) and one trace shared by the remaining blocks.
+  assert len(blocks) == 16 and len({id(block) for block in blocks}) == 8
+
+
 def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
   model = abstract_resnet50(num_classes=3, dtype=jnp.bfloat16)
   assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))} == {

@@ -25,7 +25,7 @@ def loss_fn(model, batch):
   return tasks.classification_loss(logits, batch["label"])
 
 
-def setup(freeze=(), freeze_batch_stats=False, learning_rate=0.1):
+def setup(freeze=(), freeze_batch_stats=False, learning_rate=0.1, loss=loss_fn):
   model = models.create(
     "small_cnn", num_classes=3, widths=(4, 8), rngs=nnx.Rngs(params=0, dropout=1)
   )
@@ -44,13 +44,13 @@ def setup(freeze=(), freeze_batch_stats=False, learning_rate=0.1):
   )
   mesh = parallel.make_mesh()
   sharding = jax.tree.map(lambda _: parallel.replicated(mesh), state)
-  train_step = steps.make_train_step(train_gd, tx, loss_fn, mesh=mesh, state_sharding=sharding)
+  train_step = steps.make_train_step(train_gd, tx, loss, mesh=mesh, state_sharding=sharding)
   return state, train_step, mesh
 
 
 def run_steps(n, **kwargs):
   state, train_step, mesh = setup(**kwargs)
-  sums = steps.zero_sums(("loss", "correct", "count", "nonfinite"))
+  sums = steps.zero_sums(("loss", "correct", "count", "nonfinite"), mesh=mesh)
   before = jax.device_get(state)
   for _ in range(n):
     state, sums = train_step(state, sums, parallel.shard_batch(BATCH, mesh))
@@ -61,7 +61,7 @@ def test_training_lowers_the_loss_and_counts_steps():
   state, train_step, mesh = setup()
   losses = []
   for _ in range(5):
-    sums = steps.zero_sums(("loss", "correct", "count", "nonfinite"))
+    sums = steps.zero_sums(("loss", "correct", "count", "nonfinite"), mesh=mesh)
     state, sums = train_step(state, sums, parallel.shard_batch(BATCH, mesh))
     losses.append(float(sums["loss"] / sums["count"]))
   assert losses[-1] < losses[0]
@@ -89,6 +89,21 @@ def test_batch_stats_update_when_not_frozen():
              zip(jax.tree.leaves(before.batch_stats), jax.tree.leaves(after.batch_stats),
                  strict=True)]
   assert all(changed)
+
+
+def test_the_step_is_traced_once_when_the_sums_are_on_its_mesh():
+  traces = []
+
+  def counting_loss(model, batch):
+    traces.append(batch["label"].shape)
+    return loss_fn(model, batch)
+
+  state, train_step, mesh = setup(loss=counting_loss)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  sums = steps.zero_sums(("loss", "correct", "count", "nonfinite"), mesh=mesh)
+  for _ in range(3):
+    state, sums = train_step(state, sums, parallel.shard_batch(BATCH, mesh))
+  assert len(traces) == 1 and sums["count"] == 24
 
 
 def test_nonfinite_loss_is_counted():

@@ -173,3 +173,12 @@ def test_registry_and_errors():
     model.preprocess(jnp.zeros((1, 64, 64, 1), jnp.uint8))
   with pytest.raises(ValueError, match="num_classes"):
     models.create("twinvae", num_classes=3, rngs=nnx.Rngs(0))
+
+
+def test_count_alone_equals_the_full_forward_pass(pair):
+  model = pair[1]
+  model.eval()
+  x = jnp.asarray(_images(2, seed=2))
+  full = nnx.jit(lambda m, x: m(x, domain="natural")["count"])(model, x)
+  alone = nnx.jit(lambda m, x: m.count(x, domain="natural"))(model, x)
+  np.testing.assert_allclose(alone, full, rtol=1e-6, atol=1e-6)

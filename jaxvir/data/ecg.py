@@ -6,6 +6,11 @@ a vectorised rasteriser (numpy; no plotting library per beat). When the MIT-BIH 
 missing and PhysioNet cannot be reached, `synthesize_beats` produces beats of the same classes
 from a morphological model, so that every config runs on a fresh machine without network.
 
+The `mitdb_beats` source renders the beats once into array_record files written by a
+tensorflow-datasets builder (as `folder_builder` does for image folders; no TensorFlow needed),
+cached in `data.cache_dir` under a key of every rendering setting and the record files' names,
+sizes and modification times; a rerun with the same settings reads them without rendering.
+
 Example:
 
   >>> beats = read_beats("../shared/data/mitdb", symbols=("A", "L", "R"))
@@ -22,6 +27,7 @@ import socket
 
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
 from jaxvir.data import sources
 
@@ -432,18 +438,100 @@ def _directory_fingerprint(directory) -> list:
   if not directory or not pathlib.Path(directory).is_dir():
     return []
   return [
-    (path.name, path.stat().st_size, int(path.stat().st_mtime))
+    (path.name, path.stat().st_size, path.stat().st_mtime_ns)
     for path in sorted(pathlib.Path(directory).iterdir())
     if path.suffix in (".hea", ".dat", ".atr")
   ]
 
 
-def rendered_beats(data_config, *, seed: int) -> tuple[np.ndarray, Beats]:
-  """(images uint8 (n, H, W, 1), beats), from the cache when the settings were seen before.
+@dataclasses.dataclass
+class BeatsConfig(tfds.core.BuilderConfig):
+  """The settings of one rendered copy; its name carries the cache key."""
 
-  The cache is a `.npz` file (read without pickle) in `data_config.cache_dir`, named by a hash
-  of the ECG settings, the image size, the record files (names, sizes, times) and, for
-  synthetic beats, the seed.
+  image_size: int = 128
+  class_names: tuple[str, ...] = ()
+
+
+class JaxvirEcgBeats(tfds.core.GeneratorBasedBuilder):
+  """Rendered beats as one array_record split "beats", written by tfds (no TensorFlow needed).
+
+  Metadata (`info.metadata`): `labels`, `groups` (record names), `symbols` and `source`
+  ("mitdb" or "synthetic") of the records in record order, so a reader knows them without
+  reading the images.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  # As `folder_builder.JaxvirImageFolder`: no checksums file to look up beside this module.
+  code_path = None
+
+  def __init__(
+    self, *, data_config: ml_collections.ConfigDict | None = None, seed: int = 0, **kwargs
+  ):
+    """`data_config` is needed to prepare; readers reopen a prepared copy without it."""
+    self._data_config = data_config
+    self._seed = seed
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description="MIT-BIH (or synthetic) heart beats rendered as grey images by jaxvir.",
+      features=tfds.features.FeaturesDict(
+        {
+          # Raw pixels, zlib-compressed: lossless, and decoded by numpy alone.
+          "image": tfds.features.Tensor(
+            shape=(config.image_size, config.image_size, 1),
+            dtype=np.uint8,
+            encoding=tfds.features.Encoding.ZLIB,
+          ),
+          "label": tfds.features.ClassLabel(names=list(config.class_names)),
+        }
+      ),
+      metadata=tfds.core.MetadataDict(),
+      disable_shuffling=True,  # record i is beat i, whose label and group the metadata holds
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Records are read (or beats synthesised) by `load_beats`.
+    return {"beats": self._generate_examples()}
+
+  def _generate_examples(self):
+    data_config = self._data_config
+    if data_config is None:
+      raise ValueError("JaxvirEcgBeats needs `data_config=` to prepare")
+    ecg = data_config.get("ecg") or default_ecg_config()
+    beats = load_beats(data_config, seed=self._seed)
+    size = self.builder_config.image_size
+    chunk = 1024  # beats rendered at once: bounds memory, keeps the rasteriser vectorised
+    for start in range(0, len(beats.labels), chunk):
+      images = render_beats(
+        beats.signals[start : start + chunk], size=size, line_width=ecg.line_width
+      )
+      for offset, image in enumerate(images):
+        yield start + offset, {"image": image, "label": int(beats.labels[start + offset])}
+    self.info.metadata.update(
+      labels=beats.labels.tolist(),
+      groups=beats.groups.astype(str).tolist(),
+      symbols=list(beats.symbols),
+      source=beats.source,
+    )
+
+
+def prepare_beats(data_config, *, seed: int) -> JaxvirEcgBeats:
+  """Prepares (or finds in the cache) the array_record copy of the rendered beats.
+
+  The copy lives in `data_config.cache_dir/jaxvir_ecg_beats/<key>/`; the key hashes the ECG
+  settings, the image size, the record files (names, sizes, modification times) and the seed
+  (which picks synthetic beats and subsamples), so a rerun with unchanged settings and files
+  reads the copy without rendering anything, and any change prepares a new one.
+
+  Args:
+    data_config: `config.data` of the `mitdb_beats` source.
+    seed: the run's seed.
+
+  Returns:
+    The prepared tfds builder; `builder.as_data_source("beats")` reads it.
   """
   ecg = data_config.get("ecg") or default_ecg_config()
   height, width = tuple(data_config.image_size)
@@ -455,60 +543,70 @@ def rendered_beats(data_config, *, seed: int) -> tuple[np.ndarray, Beats]:
     "dir": str(data_config.dir),
     "files": _directory_fingerprint(data_config.dir),
     "seed": seed,
-    "version": 1,
+    "version": 2,
   }
-  cache_dir = pathlib.Path(os.path.expanduser(data_config.cache_dir))
-  path = cache_dir / f"mitdb_beats_{settings_key(settings)}.npz"
-  if path.exists():
-    with np.load(path, allow_pickle=False) as cached:
-      beats = Beats(
-        signals=cached["signals"],
-        labels=cached["labels"],
-        groups=cached["groups"],
-        symbols=tuple(cached["symbols"].tolist()),
-        source=str(cached["source"]),
-      )
-      logging.info("ECG beats from cache %s", path)
-      return cached["images"], beats
-  beats = load_beats(data_config, seed=seed)
-  images = render_beats(beats.signals, size=height, line_width=ecg.line_width)
-  cache_dir.mkdir(parents=True, exist_ok=True)
-  partial = path.with_suffix(".partial.npz")
-  np.savez(
-    partial,
-    images=images,
-    signals=beats.signals,
-    labels=beats.labels,
-    groups=beats.groups.astype(str),
-    symbols=np.array(beats.symbols),
-    source=np.array(beats.source),
+  class_names = [SYMBOL_NAMES.get(symbol, symbol) for symbol in ecg.symbols]
+  builder = JaxvirEcgBeats(
+    data_config=data_config,
+    seed=seed,
+    config=BeatsConfig(
+      name=f"beats_{settings_key(settings)}", image_size=height, class_names=tuple(class_names)
+    ),
+    data_dir=os.path.expanduser(os.fspath(data_config.cache_dir)),
+    file_format="array_record",
   )
-  partial.replace(path)
-  return images, beats
+  if builder.is_prepared():
+    logging.info("ECG beats from cache %s", builder.data_dir)
+  else:
+    builder.download_and_prepare()
+  return builder
+
+
+class BeatRecords:
+  """Records of prepared beats: `{"image": uint8 (H, W, channels), "label": int32}`."""
+
+  def __init__(self, data_source, *, channels: int):
+    self._data_source = data_source
+    self._channels = channels
+
+  def __len__(self) -> int:
+    return len(self._data_source)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    record = self._data_source[index]
+    image = record["image"]
+    if self._channels == 3:
+      image = np.repeat(image, 3, axis=-1)
+    return {"image": image, "label": np.int32(record["label"])}
 
 
 @sources.register("mitdb_beats")
 def build_mitdb_beats(data_config: ml_collections.ConfigDict, *, seed: int) -> sources.Source:
   """MIT-BIH beats of `data.ecg.symbols` as grey images; groups are the record names.
 
+  The rendered beats are read from an array_record cache (`prepare_beats`).
+
   Example:
     >>> config = data.default_config(); config.name = "mitdb_beats"  # doctest: +SKIP
   """
-  images, beats = rendered_beats(data_config, seed=seed)
-  if data_config.channels == 3:
-    images = np.repeat(images, 3, axis=-1)
-  counts = ", ".join(
-    f"{symbol} {int((beats.labels == i).sum())}" for i, symbol in enumerate(beats.symbols)
-  )
+  if data_config.channels not in (1, 3):
+    raise ValueError(f"config.data.channels must be 1 or 3, got {data_config.channels}")
+  builder = prepare_beats(data_config, seed=seed)
+  metadata = builder.info.metadata
+  labels = np.asarray(metadata["labels"], np.int32)
+  groups = np.asarray(metadata["groups"])
+  symbols = metadata["symbols"]
+  counts = ", ".join(f"{symbol} {int((labels == i).sum())}" for i, symbol in enumerate(symbols))
   origin = (
-    f"MIT-BIH records {sorted(set(beats.groups.tolist()))} from {data_config.dir}"
-    if beats.source == "mitdb"
+    f"MIT-BIH records {sorted(set(groups.tolist()))} from {data_config.dir}"
+    if metadata["source"] == "mitdb"
     else "SYNTHETIC ECG beats (no MIT-BIH records found)"
   )
-  return sources.ArraySource(
-    images,
-    beats.labels,
-    class_names=beats.class_names,
-    description=f"ECG beats as {images.shape[1]}x{images.shape[2]} images: {origin}; {counts}.",
-    groups=beats.groups,
+  size = builder.builder_config.image_size
+  return sources.Source(
+    records=BeatRecords(builder.as_data_source(split="beats"), channels=data_config.channels),
+    labels=labels,
+    groups=groups,
+    class_names=builder.builder_config.class_names,
+    description=f"ECG beats as {size}x{size} images: {origin}; {counts}.",
   )

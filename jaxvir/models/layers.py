@@ -11,6 +11,8 @@ Example:
   >>> bn = batch_norm(8, source="torchvision", rngs=nnx.Rngs(0))
 """
 
+import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -57,13 +59,15 @@ def conv2d(
     rngs: random streams for initialisation.
 
   Returns:
-    An `nnx.Conv` with an HWIO kernel.
+    An `nnx.Conv` with an HWIO kernel: a `PointwiseConv` for unpadded 1x1 kernels, a
+    `TapConv` otherwise.
 
   Example:
 
     >>> conv = conv2d(3, 64, 7, stride=2, padding=3, use_bias=False, rngs=nnx.Rngs(0))
   """
-  return nnx.Conv(
+  conv_class = PointwiseConv if kernel_size == 1 and padding == 0 else TapConv
+  return conv_class(
     in_features,
     out_features,
     (kernel_size, kernel_size),
@@ -76,12 +80,154 @@ def conv2d(
   )
 
 
-class BatchNorm(nnx.BatchNorm):
-  """`nnx.BatchNorm` computing in float32 and returning the caller's compute dtype."""
+class PointwiseConv(nnx.Conv):
+  """An unpadded 1x1 convolution computed as a matrix product over the channels.
 
-  def __call__(self, x, *, mask=None, use_running_average=None):
-    y = super().__call__(x.astype(jnp.float32), mask=mask, use_running_average=use_running_average)
-    return y.astype(x.dtype)
+  XLA:CPU lowers the kernel gradient of a 1x1 convolution through its generic convolution
+  emitter, 3-4x slower than the same contraction as a dot (`benchmarks/README.md`, ResNet-50);
+  as a dot, forward and both gradients use the matmul kernels. Parameters (an HWIO kernel of
+  shape (1, 1, in, out) and the bias) are those of `nnx.Conv`, so weights convert unchanged.
+  """
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    stride_h, stride_w = (self.strides,) * 2 if isinstance(self.strides, int) else self.strides
+    x = x[:, ::stride_h, ::stride_w, :]
+    bias = self.bias[...] if self.bias is not None else None
+    x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=self.precision)
+    y = y.reshape(*x.shape[:-1], y.shape[-1])
+    return y if bias is None else y + bias
+
+
+class TapConv(nnx.Conv):
+  """A convolution whose kernel gradient is one matrix product per kernel tap where that is faster.
+
+  On XLA:CPU the kernel gradient of a 3x3 convolution with many channels or pixels runs at a
+  fraction of matmul speed (VGG-16's second block: 3x slower than nine dots); `conv_tap_grad`
+  computes it from the `kernel_size**2` shifted views of the input instead. The forward pass and
+  the input gradient are XLA's convolution. Parameters are those of `nnx.Conv`.
+  """
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+    padding = tuple(tuple(pair) for pair in self.padding)
+    bias = self.bias[...] if self.bias is not None else None
+    x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+    y = conv_tap_grad(x, kernel, strides, padding, self.precision)
+    return y if bias is None else y + bias
+
+
+def _conv(x, kernel, strides, padding, precision):
+  return jax.lax.conv_general_dilated(
+    x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision
+  )
+
+
+def _taps_pay_off(x: jax.Array, kernel: jax.Array) -> bool:
+  """Whether per-tap dots beat XLA:CPU's kernel gradient (measured, `benchmarks/README.md`).
+
+  They do for wide layers (in x out channels >= 2**13, e.g. VGG's 64 -> 128) and for large
+  maps (>= 2**17 pixels in the batch); XLA's own is faster for narrow layers on small maps
+  (ResNet-50's 64 -> 64 at 32x32, DenseNet's 128 -> 32).
+  """
+  in_features, out_features = kernel.shape[2:]
+  return in_features * out_features >= 2**13 or math.prod(x.shape[:3]) >= 2**17
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_tap_grad(x, kernel, strides, padding, precision=None):
+  """`lax.conv_general_dilated` (NHWC, HWIO) with a faster kernel gradient on XLA:CPU.
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (KH, KW, C, O) kernel.
+    strides: (row stride, column stride).
+    padding: ((top, bottom), (left, right)) zeros.
+    precision: `lax` precision of the convolution and the dots.
+
+  Returns:
+    The convolution; its gradients equal those of the plain convolution up to summation order.
+
+  Example:
+
+    >>> y = conv_tap_grad(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 2)), (1, 1), ((1, 1), (1, 1)))
+    >>> y.shape
+    (1, 8, 8, 2)
+  """
+  return _conv(x, kernel, strides, padding, precision)
+
+
+def _conv_tap_grad_fwd(x, kernel, strides, padding, precision):
+  return _conv(x, kernel, strides, padding, precision), (x, kernel)
+
+
+def _conv_tap_grad_bwd(strides, padding, precision, residuals, y_grad):
+  x, kernel = residuals
+  conv = functools.partial(_conv, strides=strides, padding=padding, precision=precision)
+  if not _taps_pay_off(x, kernel):
+    return jax.vjp(conv, x, kernel)[1](y_grad)
+  (x_grad,) = jax.vjp(lambda x: conv(x, kernel), x)[1](y_grad)
+  kernel_height, kernel_width, in_features, out_features = kernel.shape
+  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  out_height, out_width = y_grad.shape[1:3]
+  y_grad_rows = y_grad.reshape(-1, out_features)
+  tap_grads = []
+  for row in range(kernel_height):
+    for col in range(kernel_width):
+      rows = slice(row, row + strides[0] * (out_height - 1) + 1, strides[0])
+      cols = slice(col, col + strides[1] * (out_width - 1) + 1, strides[1])
+      tap_inputs = padded[:, rows, cols, :].reshape(-1, in_features)
+      tap_grads.append(
+        jax.lax.dot_general(
+          tap_inputs, y_grad_rows, (((0,), (0,)), ((), ())), precision=precision,
+          preferred_element_type=jnp.float32,
+        )
+      )
+  kernel_grad = jnp.stack(tap_grads).reshape(kernel.shape).astype(kernel.dtype)
+  return x_grad, kernel_grad
+
+
+conv_tap_grad.defvjp(_conv_tap_grad_fwd, _conv_tap_grad_bwd)
+
+
+class BatchNorm(nnx.BatchNorm):
+  """`nnx.BatchNorm` over the last axis, computing in float32 and returning the caller's dtype.
+
+  The arithmetic is Flax's, operation for operation (the lowered program is the same): mean and
+  fast variance `E[x^2] - E[x]^2` clipped at zero, the momentum update of the running
+  statistics, then `(x - mean) * (rsqrt(var + epsilon) * scale) + bias`. It is written with
+  `jax.lax` primitives and whole-value variable updates because tracing Flax's version is slow:
+  its `variable[...] = value` asks the tracer for its sharding, and the AttributeError it gets
+  builds its message by walking the whole trace so far. That and the `jax.numpy` wrappers took
+  half the tracing time of ResNet-50's training step. Supports what `batch_norm` builds: the
+  last axis, scale and bias, no `mask`, no `axis_name`.
+  """
+
+  def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    y = x.astype(jnp.float32)
+    stats_shape = (1,) * (y.ndim - 1) + y.shape[-1:]
+    if use_running_average:
+      mean, var = self.mean.get_value(), self.var.get_value()
+    else:
+      axes, count = tuple(range(y.ndim - 1)), float(math.prod(y.shape[:-1]))
+      squares = jax.lax.square(y)
+      mean = jax.lax.div(jax.lax.reduce_sum(y, axes), count)
+      mean_of_squares = jax.lax.div(jax.lax.reduce_sum(squares, axes), count)
+      var = jax.lax.max(0.0, jax.lax.sub(mean_of_squares, jax.lax.square(mean)))
+      self.mean.set_value(self._running_average(self.mean.get_value(), mean))
+      self.var.set_value(self._running_average(self.var.get_value(), var))
+    mean, var = jax.lax.reshape(mean, stats_shape), jax.lax.reshape(var, stats_shape)
+    y = jax.lax.sub(y, mean)
+    multiplier = jax.lax.rsqrt(jax.lax.add(var, self.epsilon))
+    multiplier = jax.lax.mul(multiplier, jax.lax.reshape(self.scale.get_value(), stats_shape))
+    y = jax.lax.mul(y, multiplier)
+    return jax.lax.add(y, jax.lax.reshape(self.bias.get_value(), stats_shape)).astype(x.dtype)
+
+  def _running_average(self, average: jax.Array, value: jax.Array) -> jax.Array:
+    decayed = jax.lax.mul(self.momentum, average)
+    return jax.lax.stop_gradient(jax.lax.add(decayed, jax.lax.mul(1 - self.momentum, value)))
 
 
 def batch_norm(num_features: int, *, source: str, rngs: nnx.Rngs) -> BatchNorm:
@@ -112,11 +258,97 @@ def linear(in_features: int, out_features: int, *, dtype=jnp.float32, rngs: nnx.
 
 
 def max_pool(x: jax.Array, *, window: int, stride: int, padding: int = 0) -> jax.Array:
-  """Max pooling over NHWC maps with symmetric padding by -inf, as torch's `MaxPool2d`."""
+  """Max pooling over NHWC maps with symmetric padding by -inf, as torch's `MaxPool2d`.
+
+  The gradient is torch's: each output's gradient goes to the first maximum of its window in
+  row-major order. It is computed from `window**2` strided comparisons and interior-padded
+  adds, which XLA fuses into one loop; JAX's own rule (a variadic reduce-window over index
+  iotas) took 15% of ResNet-50's training step on XLA:CPU.
+
+  Args:
+    x: (N, H, W, C) maps.
+    window: height and width of the pooling window.
+    stride: stride in both spatial dimensions.
+    padding: -inf added on every side.
+
+  Returns:
+    The pooled maps.
+
+  Example:
+
+    >>> max_pool(jnp.arange(16.0).reshape(1, 4, 4, 1), window=2, stride=2)[0, :, :, 0]
+    Array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+  """
+  return _max_pool(x, window, stride, padding)
+
+
+def _window_views(padded: jax.Array, pooled_shape, *, window: int, stride: int):
+  """`(offset, padded[window positions at that offset])` for each offset in row-major order."""
+  height, width = pooled_shape[1:3]
+  for row in range(window):
+    for col in range(window):
+      rows = slice(row, row + stride * (height - 1) + 1, stride)
+      cols = slice(col, col + stride * (width - 1) + 1, stride)
+      yield (row, col), padded[:, rows, cols, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, stride, padding):
   pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
   return jax.lax.reduce_window(
     x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), pad
   )
+
+
+def _max_pool_fwd(x, window, stride, padding):
+  pooled = _max_pool(x, window, stride, padding)
+  return pooled, (x, pooled)
+
+
+def _max_pool_bwd(window, stride, padding, residuals, pooled_grad):
+  x, pooled = residuals
+  batch, height, width, channels = x.shape
+  pooled_height, pooled_width = pooled.shape[1:3]
+  spatial_pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  padded = jnp.pad(x, spatial_pad, constant_values=-jnp.inf)
+  # The window offset of each output's first maximum (scanning backwards so the earliest match
+  # wins), materialised: fused into the scatter below, XLA would re-derive it for every offset.
+  views = list(_window_views(padded, pooled.shape, window=window, stride=stride))
+  first_max = jnp.full(pooled.shape, len(views), jnp.int32)
+  for index in reversed(range(len(views))):
+    first_max = jnp.where(views[index][1] == pooled, index, first_max)
+  first_max = jax.lax.optimization_barrier(first_max)
+  # Scatter by phase: padded row `stride * i + phase` receives from window offsets
+  # `stride * q + phase` of output row `i - q`, a shift rather than a strided scatter.
+  taps = -(-window // stride)
+  zero = jnp.zeros((), pooled_grad.dtype)
+  phase_rows = []
+  for row_phase in range(stride):
+    phase_cols = []
+    for col_phase in range(stride):
+      phase_grad = jnp.zeros(
+        (batch, pooled_height + taps - 1, pooled_width + taps - 1, channels), pooled_grad.dtype
+      )
+      for row_shift in range(taps):
+        for col_shift in range(taps):
+          row, col = stride * row_shift + row_phase, stride * col_shift + col_phase
+          if row < window and col < window:
+            hits = jnp.where(first_max == row * window + col, pooled_grad, zero)
+            shift = ((0, 0), (row_shift, taps - 1 - row_shift), (col_shift, taps - 1 - col_shift))
+            phase_grad += jnp.pad(hits, (*shift, (0, 0)))
+      phase_cols.append(phase_grad)
+    phase_rows.append(jnp.stack(phase_cols, axis=3))
+  grid = jnp.stack(phase_rows, axis=2)  # (batch, rows, row phase, cols, col phase, channels)
+  padded_grad = grid.reshape(batch, grid.shape[1] * stride, grid.shape[3] * stride, channels)
+  # Rows and columns no window reaches (a remainder of the stride) get no gradient.
+  uncovered = ((0, 0), (0, max(0, padding + height - padded_grad.shape[1])))
+  uncovered += ((0, max(0, padding + width - padded_grad.shape[2])), (0, 0))
+  padded_grad = jnp.pad(padded_grad, uncovered)
+  return (padded_grad[:, padding : padding + height, padding : padding + width, :],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
@@ -215,6 +447,11 @@ def call_block(block: nnx.Module, x: jax.Array) -> jax.Array:
 
 
 remat_call_block = nnx.remat(call_block)
+
+# Jitted, a block is traced once per structure and input shape: ResNet's identical bottlenecks
+# share one trace (and its linearisation and transpose) instead of tracing each block again.
+# Inside a jitted step XLA inlines the call, so the compiled program computes the same values.
+cached_call_block = nnx.jit(call_block)
 
 
 class Staged(nnx.Module):

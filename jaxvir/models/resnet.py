@@ -89,7 +89,7 @@ class Stage(nnx.Module):
       setattr(self, f"block{index}", block)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    call = layers.remat_call_block if self.remat else layers.call_block
+    call = layers.remat_call_block if self.remat else layers.cached_call_block
     for index in range(self.num_blocks):
       x = call(getattr(self, f"block{index}"), x)
     return x

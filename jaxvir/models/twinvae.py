@@ -253,21 +253,38 @@ class TwinVAE(nnx.Module):
     """Decodes latent `z` with `domain`'s outer decoder (any domain: cross-reconstruction)."""
     return self._decoder(domain)(self.core.decode(z, rngs))
 
+  def _regress(self, z: jax.Array, shared: jax.Array | None, rngs: nnx.Rngs | None) -> jax.Array:
+    if self.variant == "paper":
+      return self.regressor(shared.reshape(shared.shape[0], -1), rngs)
+    return self.regressor(z, rngs)
+
+  def count(self, x: jax.Array, *, domain: str, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """The predicted cell counts alone, without the outer decoder (evaluation's only need).
+
+    Args:
+      x: float images (N, 128, 128, 1) in [0, 1].
+      domain: "synthetic" or "natural": the twin whose encoder reads `x`.
+      rngs: needs a `latent` stream when the latent is sampled (training mode or
+        `sample_at_eval`), and `dropout` in training mode.
+
+    Returns:
+      float32 (N,) counts, equal to `self(x, domain=domain, rngs=rngs)["count"]`.
+    """
+    _, _, z = self.encode(x, domain=domain, rngs=rngs)
+    shared = self.core.decode(z, rngs) if self.variant == "paper" else None
+    return self._regress(z, shared, rngs)
+
   def __call__(
     self, x: jax.Array, *, domain: str, rngs: nnx.Rngs | None = None
   ) -> dict[str, jax.Array]:
     mu, logvar, z = self.encode(x, domain=domain, rngs=rngs)
     shared = self.core.decode(z, rngs)
-    if self.variant == "paper":
-      count = self.regressor(shared.reshape(shared.shape[0], -1), rngs)
-    else:
-      count = self.regressor(z, rngs)
     return {
       "reconstruction": self._decoder(domain)(shared),
       "mu": mu,
       "logvar": logvar,
       "z": z,
-      "count": count,
+      "count": self._regress(z, shared, rngs),
     }
 
 

@@ -108,13 +108,16 @@ class EvolutionSettings:
 class EvolutionData:
   """Cached encoder features and labels the evolution trains and scores on.
 
-  `val_features` / `val_labels` are needed only for validation fitness.
+  `val_features` / `val_labels` are needed only for validation fitness. `class_weights`,
+  (K,) per-class loss weights, make the training loss a weighted mean (class balancing,
+  `data.balance="loss_weights"`); fitness stays plain accuracy.
   """
 
   train_features: jax.Array
   train_labels: jax.Array
   val_features: jax.Array | None = None
   val_labels: jax.Array | None = None
+  class_weights: jax.Array | None = None
 
 
 @struct.dataclass
@@ -146,18 +149,32 @@ class EvolutionState:
   done: jax.Array
 
 
-def cross_entropy_and_accuracy(logits: jax.Array, labels: jax.Array):
+def cross_entropy_and_accuracy(
+  logits: jax.Array, labels: jax.Array, *, class_weights: jax.Array | None = None
+):
   """Mean softmax cross-entropy and accuracy over the last-but-one axis (the batch).
 
   `labels` broadcast against `logits.shape[:-1]` (one label row serves all pathways). The
   loss is written with a one-hot product: the gradient of an integer-label gather is a
   scatter-add, which XLA:CPU ran superlinearly slowly in the population size.
+
+  Args:
+    logits: (..., B, K).
+    labels: integer labels broadcastable to (..., B).
+    class_weights: optional (K,) per-class weights; the loss is then the weighted mean
+      `sum(w[y] * loss) / sum(w[y])`, the classifier's definition (`jaxvir.tasks`).
+
+  Returns:
+    `(loss, accuracy)`, each of shape `logits.shape[:-2]`.
   """
   labels = jnp.broadcast_to(labels, logits.shape[:-1])
   one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
   losses = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(one_hot * logits, axis=-1)
   accuracy = (jnp.argmax(logits, -1) == labels).mean(-1)
-  return losses.mean(-1), accuracy
+  if class_weights is None:
+    return losses.mean(-1), accuracy
+  weights = one_hot @ class_weights.astype(logits.dtype)
+  return jnp.sum(losses * weights, -1) / jnp.maximum(jnp.sum(weights, -1), 1e-12), accuracy
 
 
 def mean_gradient_per_module(
@@ -280,7 +297,9 @@ class Evolution:
         logits = jax.vmap(
           lambda w, x: supernet.logits(params, readout, w, x, spec=spec), in_axes=(0, 0)
         )(weights, features)
-      losses, accuracy = cross_entropy_and_accuracy(logits, labels)
+      losses, accuracy = cross_entropy_and_accuracy(
+        logits, labels, class_weights=data.class_weights
+      )
       return losses.sum(), (losses, accuracy)
 
     def train_step(carry, indices):

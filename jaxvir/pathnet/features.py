@@ -10,6 +10,7 @@ Example:
   >>> features = encode_all(encode, images, batch_size=64)
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -67,10 +68,13 @@ def make_encoder(config: ml_collections.ConfigDict) -> tuple[Encoder, dict]:
   model.eval()
   graph, state = nnx.split(model)
 
+  # The weights are an argument: closed over, they would be baked into the program as constants.
   @jax.jit
-  def encode(images):
+  def encode_with(state, images):
     encoder = nnx.merge(graph, state)
     return encoder.run(preprocess(images), stop=stage).astype(jnp.float32)
+
+  encode = functools.partial(encode_with, state)
 
   settings = {
     "model": config.model.name,

@@ -13,14 +13,17 @@ Example:
   >>> probs = predict(head, params, test_features)
 """
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 
 from jaxvir.pathnet import evolution, genotypes, supernet
 
@@ -94,10 +97,34 @@ def mlp_head() -> Head:
   return Head(apply)
 
 
-def _loss(head: Head, params, features, labels):
+def _loss(head: Head, params, features, labels, class_weights):
   logits = head.apply(params, features)
-  losses, accuracy = evolution.cross_entropy_and_accuracy(logits, labels)
-  return losses, accuracy
+  return evolution.cross_entropy_and_accuracy(logits, labels, class_weights=class_weights)
+
+
+@struct.dataclass
+class FitState:
+  """What the final training carries from epoch to epoch (checkpointed after each).
+
+  Attributes:
+    params: the current parameters.
+    opt_state: the optimiser state.
+    best: the parameters of the epoch with the best validation accuracy so far.
+  """
+
+  params: Any
+  opt_state: optax.OptState
+  best: Any
+
+
+def init_state(params, optimizer: optax.GradientTransformation) -> FitState:
+  """The state before the first epoch."""
+  return FitState(params=params, opt_state=optimizer.init(params), best=params)
+
+
+def _initial_progress() -> dict:
+  """The JSON-serialisable loop state before the first epoch (see `fit`)."""
+  return {"epoch": 0, "best_accuracy": -1.0, "since_best": 0, "stopped": False, "history": []}
 
 
 def fit(
@@ -110,20 +137,27 @@ def fit(
   epochs: int,
   batch_size: int,
   patience: int = 0,
+  resume: tuple[FitState, dict] | None = None,
+  on_epoch: Callable[[FitState, dict], None] | None = None,
 ):
   """Trains `params` for up to `epochs` epochs; keeps the epoch with the best val accuracy.
 
-  An epoch is one jitted `lax.scan` over `n // batch_size` shuffled minibatches.
+  An epoch is one jitted `lax.scan` over `n // batch_size` shuffled minibatches; the loss is
+  weighted by `data.class_weights` when given.
 
   Args:
     head: the classifier.
-    params: initial parameters.
+    params: initial parameters (unused with `resume`).
     data: train and validation features and labels (device arrays).
     optimizer: optax transformation.
     key: PRNG key; epoch e shuffles with `fold_in(key, e)`.
     epochs: maximum epochs.
     batch_size: examples per step (at most the training set size).
     patience: stop after this many epochs without a better val accuracy; 0 never stops.
+    resume: `(state, progress)` as last given to `on_epoch` by an interrupted fit; the fit
+      continues from there and ends as the uninterrupted one would.
+    on_epoch: called after every epoch with the state and the loop's JSON progress
+      (`epoch`, `best_accuracy`, `since_best`, `stopped`, `history`), e.g. to checkpoint.
 
   Returns:
     `(best params, history)`, history a list of per-epoch dicts (train loss and accuracy,
@@ -133,14 +167,21 @@ def fit(
   batch_size = min(batch_size, num_train)
   steps = num_train // batch_size
 
+  # The data is an argument: closed over, the features would be baked into the program.
   @jax.jit
-  def epoch(params, opt_state, epoch_key):
+  def epoch(params, opt_state, epoch_key, data):
     order = jax.random.permutation(epoch_key, num_train)[: steps * batch_size]
 
     def step(carry, indices):
       params, opt_state = carry
       (loss, accuracy), grads = jax.value_and_grad(
-        lambda p: _loss(head, p, data.train_features[indices], data.train_labels[indices]),
+        lambda p: _loss(
+          head,
+          p,
+          data.train_features[indices],
+          data.train_labels[indices],
+          data.class_weights,
+        ),
         has_aux=True,
       )(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -152,12 +193,15 @@ def fit(
     )
     return params, opt_state, loss.mean(), accuracy.mean()
 
-  opt_state = optimizer.init(params)
-  best, best_accuracy, since_best, history = params, -1.0, 0, []
-  for index in range(epochs):
-    params, opt_state, loss, accuracy = epoch(params, opt_state, jax.random.fold_in(key, index))
+  state, progress = resume or (init_state(params, optimizer), _initial_progress())
+  progress = copy.deepcopy(progress)
+  last = progress["epoch"] if progress["stopped"] else epochs
+  for index in range(progress["epoch"], last):
+    params, opt_state, loss, accuracy = epoch(
+      state.params, state.opt_state, jax.random.fold_in(key, index), data
+    )
     val_accuracy = accuracy_of(head, params, data.val_features, data.val_labels)
-    history.append(
+    progress["history"].append(
       {
         "epoch": index + 1,
         "train_loss": float(loss),
@@ -172,13 +216,19 @@ def fit(
       accuracy,
       val_accuracy,
     )
-    if val_accuracy > best_accuracy:
-      best, best_accuracy, since_best = params, val_accuracy, 0
+    state = state.replace(params=params, opt_state=opt_state)
+    if val_accuracy > progress["best_accuracy"]:
+      state = state.replace(best=params)
+      progress.update(best_accuracy=val_accuracy, since_best=0)
     else:
-      since_best += 1
-      if patience and since_best >= patience:
-        break
-  return best, history
+      progress["since_best"] += 1
+    progress["epoch"] = index + 1
+    progress["stopped"] = bool(patience and progress["since_best"] >= patience)
+    if on_epoch is not None:
+      on_epoch(state, progress)
+    if progress["stopped"]:
+      break
+  return state.best, progress["history"]
 
 
 def predict(head: Head, params, features, *, batch_size: int = 512) -> np.ndarray:

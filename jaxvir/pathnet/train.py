@@ -16,16 +16,23 @@
    fully connected head on the same features replaces the evolved path;
 4. the workdir receives `report.json` and plots (confusion matrices, metrics), the evolution
    curves (`plots/evolution_<task>.png`, `evolution_<task>.jsonl`), the chosen paths as L x M
-   grids (`plots/paths.png`) and the final parameters (`pathnet_params.npz`, no pickle).
+   grids (`plots/paths.png`) and Orbax checkpoints (`checkpoints/`).
+
+Checkpoints are written after every chunk of generations (the `lax.scan` between two log
+lines), every epoch of a final training and every finished task. Rerunning the same command
+on the workdir resumes from the latest one and ends with the metrics of an uninterrupted run.
+A NaN or infinite training loss stops the run before any checkpoint of it is written.
+`load_results(workdir)` reads each finished task's modules, readout, genotype and frozen-module
+masks.
 
 Example:
 
   python scripts/train.py --config configs/pathnet_ecg.py:runlocal --workdir runs/ecg
 """
 
+import copy
 import json
 import logging
-import math
 import pathlib
 import time
 
@@ -35,13 +42,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxvir import evaluate, optim
+from jaxvir import checkpoint, evaluate, optim
 from jaxvir.data import ecg  # noqa: F401 - registers the mitdb_beats source
 from jaxvir.data import splits as splits_lib
 from jaxvir.data.sources import build_source
 from jaxvir.pathnet import evolution as evolution_lib
 from jaxvir.pathnet import features as features_lib
 from jaxvir.pathnet import finetune, genotypes, plots, supernet
+from jaxvir.train import NonFiniteLossError, enable_compilation_cache
 
 log = logging.getLogger("jaxvir")
 MODES = ("single", "transfer", "joint")
@@ -116,7 +124,8 @@ def split_for_pathnet(source, data_config, *, seed: int) -> dict[str, np.ndarray
   whole groups are held out for test (ECG: inter-patient, the records in
   `data.ecg.test_records` when given), and validation examples are drawn stratified from the
   training groups, so that every class can stay in training. `balance="undersample"`
-  undersamples the training split to the rarest class.
+  undersamples the training split to the rarest class; `balance="loss_weights"` keeps it
+  (`class_weights` weights the loss instead).
   """
   labels = source.labels
   if data_config.split_by == "group":
@@ -155,9 +164,9 @@ def split_for_pathnet(source, data_config, *, seed: int) -> dict[str, np.ndarray
     splits["train"] = splits_lib.undersample(
       splits["train"], labels[splits["train"]], rng=np.random.default_rng(seed)
     )
-  elif data_config.balance != "none":
+  elif data_config.balance not in ("none", "loss_weights"):
     raise ValueError(
-      f"config.data.balance={data_config.balance!r}: PathNet supports 'none' or 'undersample'"
+      f"config.data.balance={data_config.balance!r}: choose 'none', 'undersample' or 'loss_weights'"
     )
   for name, indices in splits.items():
     if len(indices) == 0:
@@ -201,45 +210,172 @@ def load_task(config, data_config, encode, encoder_settings, *, seed: int) -> di
     "features": features,
     "labels": source.labels,
     "class_names": list(source.class_names),
+    "class_weights": task_class_weights(
+      source.labels, splits, data_config, num_classes=len(source.class_names)
+    ),
   }
+
+
+def task_class_weights(labels, splits, data_config, *, num_classes: int) -> np.ndarray | None:
+  """The loss weights of `balance="loss_weights"`, as the classifier trainer computes them
+  (`n / (k * count)` over the training split); None for other balance modes."""
+  if data_config.balance != "loss_weights":
+    return None
+  return splits_lib.class_weights(labels[splits["train"]], num_classes=num_classes)
 
 
 def _device_data(task, *, validation_examples: int | None = None) -> evolution_lib.EvolutionData:
   splits, features, labels = task["splits"], task["features"], task["labels"]
   val = splits["val"] if validation_examples is None else splits["val"][:validation_examples]
+  weights = task.get("class_weights")
   return evolution_lib.EvolutionData(
     train_features=jnp.asarray(features[splits["train"]]),
     train_labels=jnp.asarray(labels[splits["train"]]),
     val_features=jnp.asarray(features[val]),
     val_labels=jnp.asarray(labels[val]),
+    class_weights=None if weights is None else jnp.asarray(weights),
   )
 
 
-def evolve(strategy, state, key, data, *, max_generations: int, chunk: int, name: str):
+class RunCheckpoints:
+  """The run's Orbax checkpoints (`WORKDIR/checkpoints`, last `keep`) and the progress they hold.
+
+  A checkpoint is taken after every chunk of generations, every final-training epoch and every
+  finished task. Its state is `{"finished": {task: arrays}, "stage": leaves}`: the arrays of
+  the finished tasks, and the leaves of the running stage's state (evolution or final
+  training), which `resume` puts back into the structure of a freshly initialised state, so
+  one restore serves every stage. Its loop JSON (`progress`) names the stage and holds the
+  host-side loop state (generation chunk, histories, early stopping, finished tasks' summaries).
+
+  Args:
+    workdir: the run's directory.
+    keep: how many of the latest checkpoints to keep.
+  """
+
+  def __init__(self, workdir: pathlib.Path, *, keep: int):
+    self.directory = workdir / "checkpoints"
+    self.mngr = checkpoint.manager(self.directory, keep=keep)
+    self.progress = {"step": 0, "stage": None, "stage_progress": None, "finished": {}}
+    self.finished, self._leaves = {}, []
+    latest = self.mngr.latest_step()
+    if latest is not None:
+      state, self.progress = checkpoint.restore(self.mngr, latest, abstract_state=None)
+      # Uncommitted, like freshly initialised arrays: jitted functions given committed arrays
+      # compile again (and miss the persistent compilation cache).
+      state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state)
+      self.finished, self._leaves = state["finished"], state["stage"]
+      log.warning(
+        "RESUMED from checkpoint %d (%s; finished: %s) in %s",
+        latest,
+        self.progress["stage"] or "between tasks",
+        ", ".join(self.progress["finished"]) or "none",
+        self.directory,
+      )
+
+  def resume(self, stage: str, fresh):
+    """`(state, progress)` of `stage` from the checkpoint, in the structure of `fresh`.
+
+    Returns:
+      None when the checkpoint was not taken inside `stage`.
+
+    Raises:
+      ValueError: the saved state does not fit `fresh` (the run's settings changed).
+    """
+    if self.progress["stage"] != stage:
+      return None
+    leaves, treedef = jax.tree.flatten(fresh)
+    if [(x.shape, x.dtype) for x in leaves] != [(x.shape, x.dtype) for x in self._leaves]:
+      raise ValueError(
+        f"the checkpoint in {self.directory} ({stage}) was written by a run with other "
+        "settings; rerun with the config it was written with, or use a new --workdir"
+      )
+    return jax.tree.unflatten(treedef, self._leaves), self.progress["stage_progress"]
+
+  def save(self, stage: str | None, state, stage_progress: dict | None, *, loss: float) -> None:
+    """Checkpoints the running `stage` after a chunk or epoch whose training loss was `loss`.
+
+    Raises:
+      NonFiniteLossError: `loss` is NaN or infinite; nothing is saved.
+    """
+    if not np.isfinite(loss):
+      raise NonFiniteLossError(
+        f"{stage}: the training loss became NaN or infinite; the run stopped and kept its last "
+        f"good checkpoint (step {self.mngr.latest_step()}) in {self.directory}. Lower "
+        "pathnet.learning_rate / optim.learning_rate or set optim.grad_clip_norm."
+      )
+    self.progress.update(step=self.progress["step"] + 1, stage=stage, stage_progress=stage_progress)
+    checkpoint.save(
+      self.mngr,
+      self.progress["step"],
+      state={"finished": self.finished, "stage": jax.tree.leaves(state)},
+      loop=copy.deepcopy(self.progress),  # saved asynchronously; the loop goes on changing it
+    )
+
+  def finish(self, name: str, arrays: dict, info: dict) -> None:
+    """Records a finished task's arrays and JSON `info`, and checkpoints them."""
+    self.finished[name] = arrays
+    self.progress["finished"][name] = info
+    self.save(None, [], None, loss=0.0)
+
+
+def evolve(
+  strategy,
+  state,
+  key,
+  data,
+  *,
+  max_generations: int,
+  chunk: int,
+  name: str,
+  progress: dict | None = None,
+  on_chunk=None,
+):
   """Runs chunks of `chunk` generations until the threshold or `max_generations`.
 
+  Chunk c draws its randomness from `fold_in(key, c)`, so a run resumed from `progress` (and
+  the state saved with it) continues exactly as the uninterrupted one.
+
+  Args:
+    strategy: the `Evolution`.
+    state: its state.
+    key: PRNG key of the whole evolution.
+    data: the features and labels.
+    max_generations: the generation budget.
+    chunk: generations per compiled `lax.scan` (and per log line).
+    name: the task, for the log.
+    progress: `{"chunk", "history", "seconds"}` as last given to `on_chunk`; None starts.
+    on_chunk: called after every chunk with the state, the progress and the chunk's summed
+      training loss, e.g. to checkpoint.
+
   Returns:
-    The final state and one dict per generation run.
+    The final state and progress: `history` holds one dict per generation run, `seconds`
+    the evolution's time.
   """
-  history = []
-  start = time.perf_counter()
-  for index in range(math.ceil(max_generations / chunk)):
+  progress = copy.deepcopy(progress or {"chunk": 0, "history": [], "seconds": 0.0})
+  history = progress["history"]
+  while not bool(state.done) and len(history) < max_generations:
+    start = time.perf_counter()
     state, metrics = strategy.run(
-      state, jax.random.fold_in(key, index), data, max_generations, num_generations=chunk
+      state,
+      jax.random.fold_in(key, progress["chunk"]),
+      data,
+      max_generations,
+      num_generations=chunk,
     )
     metrics = jax.device_get(metrics)
-    for row in range(chunk):
-      if metrics["ran"][row]:
-        history.append(
-          {
-            "generation": int(metrics["generation"][row]),
-            "best_fitness": float(metrics["best_fitness"][row]),
-            "mean_fitness": float(metrics["mean_fitness"][row]),
-            "mean_loss": float(metrics["mean_loss"][row]),
-          }
-        )
+    ran = np.asarray(metrics["ran"])
+    for row in np.flatnonzero(ran):
+      history.append(
+        {
+          "generation": int(metrics["generation"][row]),
+          "best_fitness": float(metrics["best_fitness"][row]),
+          "mean_fitness": float(metrics["mean_fitness"][row]),
+          "mean_loss": float(metrics["mean_loss"][row]),
+        }
+      )
+    progress["chunk"] += 1
+    progress["seconds"] += time.perf_counter() - start
     last = history[-1]
-    elapsed = time.perf_counter() - start
     log.info(
       "%s generation %d: best fitness %.4f, mean %.4f, loss %.4f, best path %s (%.1f s)",
       name,
@@ -248,11 +384,11 @@ def evolve(strategy, state, key, data, *, max_generations: int, chunk: int, name
       last["mean_fitness"],
       last["mean_loss"],
       genotypes.to_text(jax.device_get(state.best_genotype)),
-      elapsed,
+      progress["seconds"],
     )
-    if bool(state.done) or len(history) >= max_generations:
-      break
-  return state, history
+    if on_chunk is not None:
+      on_chunk(state, progress, float(np.sum(metrics["mean_loss"][ran])))
+  return state, progress
 
 
 _STRATEGIES: dict = {}
@@ -276,63 +412,122 @@ def _strategy(config, params, readout) -> evolution_lib.Evolution:
   return _STRATEGIES[key]
 
 
-def run_task(config, task, name, *, params, trainable, key, workdir: pathlib.Path) -> dict:
-  """Evolution, final training of the best path and test predictions of one task."""
+def run_task(
+  config, task, name, *, params, trainable, key, workdir: pathlib.Path, run: RunCheckpoints
+) -> dict:
+  """Evolution, final training of the best path and test predictions of one task.
+
+  Both phases continue from `run`'s checkpoint when it was taken inside them.
+  """
   pathnet = config.pathnet
   spec = _spec(pathnet)
   keys = dict(
     zip(("readout", "population", "evolve", "fit"), jax.random.split(key, 4), strict=True)
   )
   readout = supernet.init_readout(keys["readout"], spec, num_classes=len(task["class_names"]))
-  strategy = _strategy(config, params, readout)
-  state = strategy.init(keys["population"], params, readout, trainable=trainable)
-  data = _device_data(task, validation_examples=pathnet.validation_examples)
-  start = time.perf_counter()
-  state, history = evolve(
-    strategy,
-    state,
-    keys["evolve"],
-    data,
-    max_generations=pathnet.max_generations,
-    chunk=pathnet.generations_per_log,
-    name=name,
+  if trainable is None:
+    trainable = {
+      layer: jnp.ones((spec.num_modules,), jnp.float32) for layer in supernet.layer_names(spec)
+    }
+  optimizer = _optimizer(config.optim, (params, readout), config.optim.learning_rate)
+  fit_stage = f"{name}/fit"
+  fit_template = jax.eval_shape(
+    lambda p, t: {"fit": finetune.init_state(p, optimizer), "trainable": t},
+    (params, readout),
+    trainable,
   )
-  evolution_seconds = time.perf_counter() - start
-  best = np.asarray(jax.device_get(state.best_genotype))
-  log.info("%s: best path %s", name, genotypes.to_text(best))
-  with open(workdir / f"evolution_{name}.jsonl", "w") as f:
-    f.writelines(json.dumps(row) + "\n" for row in history)
-  plots.plot_evolution(history, workdir / "plots" / f"evolution_{name}.png", title=name)
+  resumed = run.resume(fit_stage, fit_template)
+  if resumed is None:
+    evolved, state = _evolve_task(
+      config, task, name, params=params, readout=readout, trainable=trainable, keys=keys, run=run
+    )
+    with open(workdir / f"evolution_{name}.jsonl", "w") as f:
+      f.writelines(json.dumps(row) + "\n" for row in evolved["history"])
+    plots.plot_evolution(
+      evolved["history"], workdir / "plots" / f"evolution_{name}.png", title=name
+    )
+    trainable = state.trainable
+    fit_params, fit_resume = (state.params, state.readout), None
+  else:
+    tree, stage_progress = resumed
+    evolved, trainable = stage_progress["evolution"], tree["trainable"]
+    fit_params, fit_resume = tree["fit"].params, (tree["fit"], stage_progress["fit"])
 
-  head = finetune.path_head(spec, best, trainable=state.trainable)
+  best = np.asarray(evolved["genotype"], np.int32)
+  head = finetune.path_head(spec, best, trainable=trainable)
   fitted, fit_history = finetune.fit(
     head,
-    (state.params, state.readout),
+    fit_params,
     _device_data(task),
-    optimizer=_optimizer(config.optim, (state.params, state.readout), config.optim.learning_rate),
+    optimizer=optimizer,
     key=keys["fit"],
     epochs=config.train.epochs,
     batch_size=config.train.batch_size,
     patience=config.train.early_stopping_patience,
+    resume=fit_resume,
+    on_epoch=lambda fit_state, progress: run.save(
+      fit_stage,
+      {"fit": fit_state, "trainable": trainable},
+      {"evolution": evolved, "fit": progress},
+      loss=progress["history"][-1]["train_loss"],
+    ),
   )
   test = task["splits"]["test"]
   return {
     "params": fitted[0],
     "readout": fitted[1],
     "genotype": best,
-    "trainable": state.trainable,
+    "trainable": trainable,
     "head": head,
     "probs": finetune.predict(head, fitted, task["features"][test]),
-    "history": history,
     "fit_history": fit_history,
-    "generations": len(history),
-    "evolution_seconds": evolution_seconds,
-    "pathways_per_second": len(history) * pathnet.population_size / evolution_seconds,
+    "generations": len(evolved["history"]),
+    "evolution_seconds": evolved["seconds"],
+    "pathways_per_second": len(evolved["history"]) * pathnet.population_size / evolved["seconds"],
   }
 
 
-def run_ablation(config, task, *, key) -> dict:
-  """The "no path selection" ablation: a plain fully connected head on the same features."""
+def _evolve_task(config, task, name, *, params, readout, trainable, keys, run: RunCheckpoints):
+  """Evolves `task`'s population (from `run`'s checkpoint when it was taken in this evolution).
+
+  Returns:
+    `({"genotype", "history", "seconds"}, final evolution state)`.
+  """
+  pathnet = config.pathnet
+  strategy = _strategy(config, params, readout)
+  stage = f"{name}/evolution"
+  tree = {
+    "evolution": strategy.init(keys["population"], params, readout, trainable=trainable),
+    "key": jax.random.key_data(keys["evolve"]),
+  }
+  progress = None
+  resumed = run.resume(stage, tree)
+  if resumed is not None:
+    tree, progress = resumed
+  state, progress = evolve(
+    strategy,
+    tree["evolution"],
+    jax.random.wrap_key_data(tree["key"]),
+    _device_data(task, validation_examples=pathnet.validation_examples),
+    max_generations=pathnet.max_generations,
+    chunk=pathnet.generations_per_log,
+    name=name,
+    progress=progress,
+    on_chunk=lambda state, progress, loss: run.save(
+      stage, {"evolution": state, "key": tree["key"]}, progress, loss=loss
+    ),
+  )
+  best = np.asarray(jax.device_get(state.best_genotype))
+  log.info("%s: best path %s", name, genotypes.to_text(best))
+  return dict(progress, genotype=best.tolist()), state
+
+
+def run_ablation(config, task, *, key, run: RunCheckpoints, stage: str) -> dict:
+  """The "no path selection" ablation: a plain fully connected head on the same features.
+
+  Also the joint classification's router. Its training continues from `run`'s checkpoint when
+  it was taken in `stage`.
+  """
   features = task["features"]
   head = finetune.mlp_head()
   params = finetune.init_mlp(
@@ -341,15 +536,21 @@ def run_ablation(config, task, *, key) -> dict:
     hidden=config.pathnet.ablation_hidden,
     num_classes=len(task["class_names"]),
   )
+  optimizer = _optimizer(config.optim, params, config.optim.learning_rate)
+  resumed = run.resume(stage, jax.eval_shape(lambda p: finetune.init_state(p, optimizer), params))
   fitted, fit_history = finetune.fit(
     head,
     params,
     _device_data(task),
-    optimizer=_optimizer(config.optim, params, config.optim.learning_rate),
+    optimizer=optimizer,
     key=jax.random.fold_in(key, 1),
     epochs=config.train.epochs,
     batch_size=config.train.batch_size,
     patience=config.train.early_stopping_patience,
+    resume=resumed,
+    on_epoch=lambda fit_state, progress: run.save(
+      stage, fit_state, progress, loss=progress["history"][-1]["train_loss"]
+    ),
   )
   probs = finetune.predict(head, fitted, features[task["splits"]["test"]])
   return {"probs": probs, "fit_history": fit_history, "params": fitted}
@@ -378,7 +579,7 @@ def _macro_recall(labels, predictions, classes) -> float:
   return float(np.mean(recalls))
 
 
-def run_joint(config, tasks, results, *, key, workdir) -> dict:
+def run_joint(config, tasks, results, *, key, workdir, run: RunCheckpoints) -> dict:
   """Router + per-task paths on the union of the two test sets.
 
   The router is a fully connected head on the same features trained to tell the data sets
@@ -397,7 +598,7 @@ def run_joint(config, tasks, results, *, key, workdir) -> dict:
       for split in ("train", "val", "test")
     },
   }
-  router = run_ablation(config, router_task, key=key)
+  router = run_ablation(config, router_task, key=key, run=run, stage="router/fit")
   test = router_task["splits"]["test"]
   test_features = router_task["features"][test]
   joint_probs = np.concatenate(
@@ -443,19 +644,23 @@ def run_joint(config, tasks, results, *, key, workdir) -> dict:
   return extra
 
 
-def _save_params(path: pathlib.Path, results: dict[str, dict]) -> None:
-  """Module parameters, readouts and genotypes as a flat `.npz` (loads without pickle)."""
-  arrays = {}
-  for name, result in results.items():
-    if "genotype" not in result:
-      continue
-    arrays[f"{name}/genotype"] = np.asarray(result["genotype"])
-    for key_path, value in jax.tree_util.tree_leaves_with_path(
-      {"modules": result["params"], "readout": result["readout"]}
-    ):
-      arrays[f"{name}/" + optim.path_string(key_path)] = np.asarray(value)
-  if arrays:
-    np.savez(path, **arrays)
+def load_results(workdir: str | pathlib.Path) -> dict[str, dict]:
+  """The finished tasks of a PathNet run, from its latest checkpoint.
+
+  Args:
+    workdir: the run's directory.
+
+  Returns:
+    Per task name: `params` (module parameters, modules stacked on the leading axis),
+    `readout`, `genotype` (L, N) and `trainable` (per layer, (M,) 1.0 where a module was
+    trainable, 0.0 where an earlier task had frozen it).
+  """
+  directory = pathlib.Path(workdir) / "checkpoints"
+  mngr = checkpoint.manager(directory, keep=1, read_only=True)
+  if mngr.latest_step() is None:
+    raise FileNotFoundError(f"no PathNet checkpoint in {directory}")
+  state, _ = checkpoint.restore(mngr, mngr.latest_step(), abstract_state=None)
+  return state["finished"]
 
 
 def check_config(config) -> None:
@@ -490,6 +695,8 @@ def check_config(config) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Runs a PathNet experiment (see the module docstring) and returns its main results.
 
+  Rerunning it on a workdir with checkpoints resumes from the latest one.
+
   Args:
     config: experiment config with a `pathnet` section (`default_pathnet_config`).
     workdir: output directory.
@@ -497,11 +704,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   Returns:
     Per task: test accuracy, best genotype, generations, evolution time and pathways per
     second; for joint runs also the joint metrics.
+
+  Raises:
+    NonFiniteLossError: a training loss became NaN or infinite (the last good checkpoint is
+      kept).
   """
   check_config(config)
+  enable_compilation_cache(config.compilation_cache_dir)
   workdir = pathlib.Path(workdir)
   (workdir / "plots").mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  run = RunCheckpoints(workdir, keep=config.checkpoint.keep)
   pathnet = config.pathnet
   keys = dict(
     zip(
@@ -520,8 +733,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   spec = _spec(pathnet)
   summary, results = {}, {}
   if not pathnet.select_path:
-    result = run_ablation(config, tasks[0], key=keys["task_a"])
+    result = run_ablation(config, tasks[0], key=keys["task_a"], run=run, stage="ablation/fit")
     summary[names[0]] = _task_summary(workdir, tasks[0], result, split="test", ablation=True)
+    run.mngr.wait_until_finished()
     return summary
 
   feature_shape = tuple(tasks[0]["features"].shape[1:])
@@ -529,6 +743,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   trainable = None
   for index, task in enumerate(tasks):
     name = names[index]
+    if name in run.progress["finished"]:
+      results[name] = _finished_result(run.finished[name], spec)
+      summary[name] = run.progress["finished"][name]["summary"]
+      continue
     if index:
       # Transfer: freeze the modules on the previous task's best path, re-initialise the rest.
       previous = results[names[index - 1]]
@@ -547,13 +765,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       trainable=trainable,
       key=keys["task_a" if index == 0 else "task_b"],
       workdir=workdir,
+      run=run,
     )
     results[name] = result
     split = "test" if len(tasks) == 1 else f"{name}_test"
     summary[name] = _task_summary(workdir, task, result, split=split)
+    run.finish(
+      name,
+      {key: result[key] for key in ("params", "readout", "genotype", "trainable")},
+      {"summary": summary[name]},
+    )
   frozen = None
   if len(tasks) > 1:
-    # `trainable` was donated to the evolution; the last task's result holds the live copy.
     last = results[names[-1]]["trainable"]
     frozen = np.stack([np.asarray(last[layer]) == 0 for layer in supernet.layer_names(spec)])
   plots.plot_paths(
@@ -562,13 +785,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     path=workdir / "plots" / "paths.png",
     frozen=frozen,
   )
-  _save_params(workdir / "pathnet_params.npz", results)
   if pathnet.mode == "joint":
     summary["joint"] = run_joint(
-      config, tasks, [results[name] for name in names], key=keys["router"], workdir=workdir
+      config,
+      tasks,
+      [results[name] for name in names],
+      key=keys["router"],
+      workdir=workdir,
+      run=run,
     )
+  run.mngr.wait_until_finished()
   (workdir / "pathnet_summary.json").write_text(json.dumps(summary, indent=2))
   return summary
+
+
+def _finished_result(arrays: dict, spec: supernet.SupernetSpec) -> dict:
+  """A finished task's parameters (as `load_results` gives them) and its fixed-path head."""
+  genotype = np.asarray(arrays["genotype"])
+  return dict(
+    arrays,
+    genotype=genotype,
+    head=finetune.path_head(spec, genotype, trainable=arrays["trainable"]),
+  )
 
 
 def _task_summary(workdir, task, result, *, split: str, ablation: bool = False) -> dict:
@@ -580,6 +818,8 @@ def _task_summary(workdir, task, result, *, split: str, ablation: bool = False) 
     "split_sizes": {k: int(len(v)) for k, v in task["splits"].items()},
     "final_training": result["fit_history"],
   }
+  if task["class_weights"] is not None:
+    extra["class_weights"] = task["class_weights"].tolist()
   if ablation:
     extra["head"] = "no path selection: plain fully connected head"
   else:

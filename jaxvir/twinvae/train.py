@@ -4,10 +4,12 @@ An epoch runs over the natural training images once; every step pairs a natural 
 `train.batch_size` images with a synthetic batch of `round(twinvae.ratio * batch_size)` images
 (the paper's best synthetic:natural ratio was 2:1), trained together by one jitted step.
 Every `train.eval_every_epochs` the labeled test images of both twins are counted (mu, unless
-`twinvae.sample_at_eval`) and `jaxvir.metrics.regression_report` computes MAE, MRE and
-accuracy; the natural test MAE is the monitored value for the best checkpoint. At the end the
-best checkpoint writes `report.json` and `plots/` (count scatter, MRE by count, cross-
-reconstruction grids).
+`twinvae.sample_at_eval`; encoder and regressor only, `make_count`) and
+`jaxvir.metrics.regression_report` computes MAE, MRE and accuracy; the natural test MAE is the
+monitored value for the best checkpoint, saved then (atomic Orbax checkpoints: a killed run
+resumes from the last one with the same command; a non-finite epoch loss stops the run before
+saving). At the end the best checkpoint writes `report.json` (its test reports reused when this
+process computed them) and `plots/` (count scatter, MRE by count, cross-reconstruction grids).
 
 Natural data: CHO-K1 CSV files (`twinvae.natural_train_csv` / `natural_test_csv`), or, when
 they are empty, a second synthetic domain (`jaxvir.data.cells` style `<modality>_natural`)
@@ -41,6 +43,7 @@ from jaxvir.twinvae.step import (
   StepSettings,
   TwinState,
   init_state,
+  make_count,
   make_predict,
   make_train_step,
 )
@@ -187,21 +190,32 @@ def _create_model(config, rngs: nnx.Rngs):
   return models.create("twinvae", rngs=rngs, dtype=dtype, **kwargs)
 
 
-def predict_counts(predict, state: TwinState, split: dict, domain: str, *, batch: int, key):
-  """Predicted counts of all images of a split, in fixed-size (padded) batches."""
+def predict_counts(count, state: TwinState, split: dict, domain: str, *, batch: int, key):
+  """Predicted counts of all images of a split, in fixed-size (padded) batches.
+
+  Args:
+    count: the function from `make_count`.
+    state: the model's parameters and BatchNorm statistics.
+    split: `{"image": uint8 (N, 128, 128, 1), ...}`.
+    domain: the twin that reads the images.
+    batch: images per call (the last batch is padded to this static shape).
+    key: latent key (used only when the latent is sampled at evaluation).
+
+  Returns:
+    float32 (N,) predicted counts.
+  """
   images = split["image"]
-  n = len(images)
-  outputs = []
-  for start in range(0, n, batch):
+  counts = []
+  for start in range(0, len(images), batch):
     chunk = images[start : start + batch]
     padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.uint8)])
-    out = predict(state.params, state.batch_stats, padded, domain, jax.random.fold_in(key, start))
-    outputs.append(np.asarray(out["count"])[: len(chunk)])
-  return np.concatenate(outputs)
+    counts.append(count(state.params, state.batch_stats, padded, domain,
+                        jax.random.fold_in(key, start)))  # fmt: skip
+  return np.concatenate([np.asarray(c) for c in counts])[: len(images)]
 
 
-def evaluate(predict, state, splits, *, batch: int, key) -> dict:
-  """`regression_report` of both twins' labeled test images."""
+def evaluate(count, state, splits, *, batch: int, key) -> dict:
+  """`regression_report` of both twins' labeled test images (`count` from `make_count`)."""
   reports = {}
   for domain in DOMAINS:
     split = splits[f"{domain}_test"]
@@ -209,7 +223,7 @@ def evaluate(predict, state, splits, *, batch: int, key) -> dict:
     if not labeled.any():
       continue
     labeled_split = {"image": split["image"][labeled], "count": split["count"][labeled]}
-    predicted = predict_counts(predict, state, labeled_split, domain, batch=batch, key=key)
+    predicted = predict_counts(count, state, labeled_split, domain, batch=batch, key=key)
     report = metrics.regression_report(labeled_split["count"], predicted, n_bootstrap=200)
     report["predicted"] = predicted.tolist()
     report["true"] = labeled_split["count"].tolist()
@@ -291,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     return state, make_train_step(graphdef, tx, settings)
 
   state, train_step = build(0)
-  predict = make_predict(graphdef_eval)
+  count = make_count(graphdef_eval)
   mngr = checkpoint.manager(workdir / "checkpoints", keep=config.checkpoint.keep, best_mode="min")
   start_epoch = 0
   if mngr.latest_step() is not None:
@@ -305,6 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     state = _restore_model_from(section.init_from, state)
 
   metrics_file = workdir / "metrics.jsonl"
+  evaluated = {}  # test reports of this process's checkpoints, by step
   phase = rules.phase(start_epoch)
   for epoch in range(start_epoch, config.train.epochs):
     if rules.phase(epoch) != phase:
@@ -325,13 +340,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         sums[name] = sums.get(name, 0.0) + value
     record = {name: float(value) / steps_per_epoch for name, value in sums.items()}
     if not math.isfinite(record["loss"]):
-      raise FloatingPointError(f"epoch {epoch}: the training loss is {record['loss']}")
+      mngr.wait_until_finished()  # an earlier checkpoint still being written completes
+      raise FloatingPointError(
+        f"epoch {epoch + 1}: the training loss is {record['loss']}; stopped without saving, the "
+        f"last checkpoint in {workdir / 'checkpoints'} is kept (lower optim.learning_rate?)"
+      )
     seconds = time.perf_counter() - started
     record.update(epoch=epoch + 1, seconds=seconds,
                   images_per_s=steps_per_epoch * (nat_batch + syn_batch) / seconds)  # fmt: skip
     last = epoch + 1 == config.train.epochs
     if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
-      reports = evaluate(predict, state, splits, batch=config.eval.batch_size, key=k_eval)
+      reports = evaluate(count, state, splits, batch=config.eval.batch_size, key=k_eval)
+      evaluated[epoch + 1] = reports
       for domain, report in reports.items():
         record.update({f"{domain}_test_{m}": report[m] for m in ("mae", "mre", "accuracy")})
       monitor = record.get("natural_test_mae", record.get("synthetic_test_mae"))
@@ -341,14 +361,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     with open(metrics_file, "a") as f:
       f.write(json.dumps(record) + "\n")
   mngr.wait_until_finished()
-  return write_report(config, workdir, mngr, state, splits, predict, k_eval)
+  return write_report(
+    config, workdir, mngr, state, splits, key=k_eval, graphdef_eval=graphdef_eval, count=count,
+    evaluated=evaluated,
+  )  # fmt: skip
 
 
-def write_report(config, workdir: pathlib.Path, mngr, state, splits, predict, key) -> dict:
-  """Evaluates the best checkpoint; writes `report.json` and the plots."""
+def write_report(
+  config, workdir: pathlib.Path, mngr, state, splits, *, key, graphdef_eval, count, evaluated
+) -> dict:
+  """Writes `report.json` and the plots of the best checkpoint.
+
+  Args:
+    config: the run's config.
+    workdir: the run's directory.
+    mngr: its checkpoint manager.
+    state: the final training state (restored over when the best checkpoint is another).
+    splits: the data splits from `load_data`.
+    key: the evaluation key.
+    graphdef_eval: the model graph in evaluation mode.
+    count: the function from `make_count`.
+    evaluated: test reports computed during training, by checkpoint step; the best step's is
+      reused instead of evaluating again.
+
+  Returns:
+    The summary written to `report.json`.
+  """
   best = mngr.best_step() or mngr.latest_step()
-  state, _ = checkpoint.restore(mngr, best, abstract_state=jax.eval_shape(lambda: state))
-  reports = evaluate(predict, state, splits, batch=config.eval.batch_size, key=key)
+  if best != mngr.latest_step() or best not in evaluated:
+    state, _ = checkpoint.restore(mngr, best, abstract_state=jax.eval_shape(lambda: state))
+  reports = evaluated.get(best) or evaluate(
+    count, state, splits, batch=config.eval.batch_size, key=key
+  )
+  predict = make_predict(graphdef_eval)
   plot_dir = workdir / "plots"
   for domain, report in reports.items():
     true, predicted = np.asarray(report["true"]), np.asarray(report["predicted"])

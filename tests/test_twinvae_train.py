@@ -1,0 +1,109 @@
+"""End-to-end Twin-VAE runs: outputs with finite values, kill-and-resume, non-finite loss."""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxvir.twinvae import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("twinvae_pc", ROOT / "configs" / "twinvae_pc.py")
+twinvae_pc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(twinvae_pc)
+
+TINY = {
+  "twinvae.num_synthetic_train": 16, "twinvae.num_synthetic_test": 8,
+  "twinvae.num_natural_train": 8, "twinvae.num_natural_test": 8,
+  "twinvae.natural_label_fraction": 0.5, "train.batch_size": 4, "train.epochs": 3,
+  "train.eval_every_epochs": 1, "eval.batch_size": 8, "twinvae.plot_images": 2,
+}  # fmt: skip
+TIME_FIELDS = ("seconds", "images_per_s")
+
+
+def tiny_config():
+  config = twinvae_pc.get_config("runlocal")
+  for field, value in TINY.items():
+    section, name = field.split(".")
+    config[section][name] = value
+  return config
+
+
+def metric_lines(workdir) -> list[dict]:
+  lines = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
+  return [{k: v for k, v in line.items() if k not in TIME_FIELDS} for line in lines]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("twinvae") / "reference"
+  return workdir, train.train_and_evaluate(tiny_config(), workdir)
+
+
+def test_a_tiny_run_writes_finite_metrics_report_and_plots(reference):
+  workdir, report = reference
+  assert json.loads((workdir / "report.json").read_text()) == report
+  assert report["natural_data"] == "synthetic stand-in style phase_contrast_natural"
+  for domain in ("synthetic", "natural"):
+    assert all(math.isfinite(report[domain][m]) for m in ("mae", "mre", "accuracy"))
+    for plot in ("count_scatter", "mre_by_count", "cross_reconstruction"):
+      assert (workdir / "plots" / f"{domain}_{plot}.png").stat().st_size > 1000
+  lines = metric_lines(workdir)
+  assert [line["epoch"] for line in lines] == [1, 2, 3]
+  assert all(math.isfinite(v) for line in lines for v in line.values())
+  assert {"synthetic/rec", "natural/kl", "natural_test_mae"} <= set(lines[-1])
+  assert 1 <= report["best_step"] <= 3
+
+
+def test_a_killed_run_resumes_to_the_same_metrics(reference, tmp_path):
+  killed = tmp_path / "killed"
+  overrides = [f"--config.{field}={value}" for field, value in TINY.items()]
+  command = [sys.executable, str(ROOT / "scripts" / "train.py"),
+             f"--config={ROOT / 'configs' / 'twinvae_pc.py'}:runlocal", f"--workdir={killed}",
+             *overrides]  # fmt: skip
+  # The same matmul precision as conftest.py: the same programs, read from the compilation cache.
+  env = {**os.environ, "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+  process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+  checkpoints = killed / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+      process.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.05)
+  assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+  assert not (killed / "report.json").exists()
+  resumed = train.train_and_evaluate(tiny_config(), killed)  # the same command again
+  # An epoch may have logged before the kill; the last line of each epoch is what counts.
+  final = {line["epoch"]: line for line in metric_lines(killed)}
+  assert final == {line["epoch"]: line for line in metric_lines(reference[0])}
+  assert resumed == reference[1]
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+  reference, tmp_path, monkeypatch
+):
+  real_step = train.make_train_step
+
+  def poisoned(*args, **kwargs):  # the real step, its loss reported as NaN from epoch 2 on
+    step = real_step(*args, **kwargs)
+
+    def run(state, batch, key, epoch):
+      state, metrics = step(state, batch, key, epoch)
+      return state, {**metrics, "loss": metrics["loss"] * (math.nan if epoch >= 1 else 1.0)}
+
+    return run
+
+  monkeypatch.setattr(train, "make_train_step", poisoned)
+  workdir = tmp_path / "run"
+  with pytest.raises(FloatingPointError, match="epoch 2: the training loss is nan"):
+    train.train_and_evaluate(tiny_config(), workdir)
+  assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] == ["1"]
+  assert not (workdir / "report.json").exists()
