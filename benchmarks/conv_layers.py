@@ -43,14 +43,10 @@ LAYERS = (
 )
 
 
-def median_seconds(fn, repeats: int) -> float:
+def seconds(fn) -> float:
+  start = time.perf_counter()
   fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return time.perf_counter() - start
 
 
 def jax_training_use(apply, x, kernel):
@@ -80,9 +76,9 @@ def jaxvir_apply(in_features, out_features, kernel_size, stride, padding):
 
 
 def torch_training_use(x, kernel, stride, padding):
-  xt = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2)
+  xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)
   xt = xt.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-  wt = torch.from_numpy(np.asarray(kernel)).permute(3, 2, 0, 1)
+  wt = torch.from_numpy(np.array(kernel)).permute(3, 2, 0, 1)
   wt = wt.contiguous(memory_format=torch.channels_last).requires_grad_(True)
 
   def run():
@@ -121,10 +117,12 @@ def main(argv=None) -> dict:
       "jaxvir": jax_training_use(apply, x, kernel),
       "torch": torch_training_use(x, kernel, stride, padding),
     }
+    for run in runs.values():  # compile and warm up
+      run()
     times = {key: [] for key in runs}
     for _ in range(args.repeats):  # alternate, so load changes hit all three alike
       for key, run in runs.items():
-        times[key].append(median_seconds(run, 1))
+        times[key].append(seconds(run))
     ms = {key: 1e3 * statistics.median(values) for key, values in times.items()}
     results["layers"][name] = {"type": layer_type, **ms, "ratio": ms["jaxvir"] / ms["torch"]}
     print(f"{name:28s} {layer_type:>14s} {ms['plain']:9.1f} {ms['jaxvir']:9.1f} {ms['torch']:9.1f}"

@@ -90,13 +90,23 @@ class PointwiseConv(nnx.Conv):
   """
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    stride_h, stride_w = (self.strides,) * 2 if isinstance(self.strides, int) else self.strides
+    stride_h, stride_w = self.strides  # `conv2d` gives both
     x = x[:, ::stride_h, ::stride_w, :]
     bias = self.bias[...] if self.bias is not None else None
     x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
     y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=self.precision)
     y = y.reshape(*x.shape[:-1], y.shape[-1])
     return y if bias is None else y + bias
+
+
+def _window_views(padded: jax.Array, out_shape, *, window: tuple[int, int], strides):
+  """`padded` at each window offset, in row-major order: the inputs every output reads there."""
+  height, width = out_shape[1:3]
+  for row in range(window[0]):
+    for col in range(window[1]):
+      rows = slice(row, row + strides[0] * (height - 1) + 1, strides[0])
+      cols = slice(col, col + strides[1] * (width - 1) + 1, strides[1])
+      yield padded[:, rows, cols, :]
 
 
 class TapConv(nnx.Conv):
@@ -109,7 +119,7 @@ class TapConv(nnx.Conv):
   """
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+    strides = tuple(self.strides)  # `conv2d` gives both
     padding = tuple(tuple(pair) for pair in self.padding)
     bias = self.bias[...] if self.bias is not None else None
     x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
@@ -169,20 +179,16 @@ def _conv_tap_grad_bwd(strides, padding, precision, residuals, y_grad):
   (x_grad,) = jax.vjp(lambda x: conv(x, kernel), x)[1](y_grad)
   kernel_height, kernel_width, in_features, out_features = kernel.shape
   padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  out_height, out_width = y_grad.shape[1:3]
   y_grad_rows = y_grad.reshape(-1, out_features)
-  tap_grads = []
-  for row in range(kernel_height):
-    for col in range(kernel_width):
-      rows = slice(row, row + strides[0] * (out_height - 1) + 1, strides[0])
-      cols = slice(col, col + strides[1] * (out_width - 1) + 1, strides[1])
-      tap_inputs = padded[:, rows, cols, :].reshape(-1, in_features)
-      tap_grads.append(
-        jax.lax.dot_general(
-          tap_inputs, y_grad_rows, (((0,), (0,)), ((), ())), precision=precision,
-          preferred_element_type=jnp.float32,
-        )
-      )
+  tap_grads = [
+    jax.lax.dot_general(
+      view.reshape(-1, in_features), y_grad_rows, (((0,), (0,)), ((), ())), precision=precision,
+      preferred_element_type=jnp.float32,
+    )
+    for view in _window_views(
+      padded, y_grad.shape, window=(kernel_height, kernel_width), strides=strides
+    )
+  ]
   kernel_grad = jnp.stack(tap_grads).reshape(kernel.shape).astype(kernel.dtype)
   return x_grad, kernel_grad
 
@@ -283,16 +289,6 @@ def max_pool(x: jax.Array, *, window: int, stride: int, padding: int = 0) -> jax
   return _max_pool(x, window, stride, padding)
 
 
-def _window_views(padded: jax.Array, pooled_shape, *, window: int, stride: int):
-  """`(offset, padded[window positions at that offset])` for each offset in row-major order."""
-  height, width = pooled_shape[1:3]
-  for row in range(window):
-    for col in range(window):
-      rows = slice(row, row + stride * (height - 1) + 1, stride)
-      cols = slice(col, col + stride * (width - 1) + 1, stride)
-      yield (row, col), padded[:, rows, cols, :]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, stride, padding):
   pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
@@ -314,10 +310,10 @@ def _max_pool_bwd(window, stride, padding, residuals, pooled_grad):
   padded = jnp.pad(x, spatial_pad, constant_values=-jnp.inf)
   # The window offset of each output's first maximum (scanning backwards so the earliest match
   # wins), materialised: fused into the scatter below, XLA would re-derive it for every offset.
-  views = list(_window_views(padded, pooled.shape, window=window, stride=stride))
+  views = list(_window_views(padded, pooled.shape, window=(window,) * 2, strides=(stride,) * 2))
   first_max = jnp.full(pooled.shape, len(views), jnp.int32)
   for index in reversed(range(len(views))):
-    first_max = jnp.where(views[index][1] == pooled, index, first_max)
+    first_max = jnp.where(views[index] == pooled, index, first_max)
   first_max = jax.lax.optimization_barrier(first_max)
   # Scatter by phase: padded row `stride * i + phase` receives from window offsets
   # `stride * q + phase` of output row `i - q`, a shift rather than a strided scatter.
