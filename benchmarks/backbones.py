@@ -33,7 +33,7 @@ from flax import nnx
 from torch_models import ARCHS, jaxvir_weights, numpy_images, torch_model
 
 from jaxvir import config as config_lib
-from jaxvir import convert, models, optim, parallel, prefix_cache, steps, tasks
+from jaxvir import convert, models, optim, parallel, prefix_cache, steps, tasks, xla
 from jaxvir.models import layers, presets
 
 LEARNING_RATE = 1e-3
@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
 
   if not args.no_inference:
 
-    @jax.jit
+    @xla.jit
     def predict(params, batch_stats, rest, images):
       model = nnx.merge(eval_graphdef, params, batch_stats, rest)
       return model(model.preprocess(images))
@@ -291,7 +291,7 @@ def cached_epoch(args, model, labels, torch_train, results, holder_state) -> tup
   mesh = parallel.make_mesh()
   _, eval_graphdef, params, batch_stats, rest = steps.split_model(model)
 
-  @jax.jit
+  @xla.jit
   def prefix(params, batch_stats, rest, images):
     m = nnx.merge(eval_graphdef, params, batch_stats, rest)
     return m.run(m.preprocess(images), stop=stage)

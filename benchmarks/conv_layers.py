@@ -4,11 +4,12 @@
 
 For the convolutions of ResNet-50 and VGG-16 at 128x128 (batch 16), times one training use of
 the layer (forward, then the gradients of input and kernel) three ways, alternately in one
-process: `lax.conv_general_dilated` differentiated by JAX ("plain"), the module
-`jaxvir.models.layers.conv2d` builds (`PointwiseConv` for 1x1 kernels: a dot; `TapConv`:
-per-tap dots for the kernel gradient where they pay off), and `torch.nn.functional.conv2d` on
-channels-last tensors. Prints median milliseconds, the jaxvir/PyTorch ratio and the load
-average. This is the measurement behind the reformulations in `jaxvir/models/layers.py`.
+process: `lax.conv_general_dilated` differentiated by JAX under plain `jax.jit` ("plain": XLA's
+default, YNNPACK convolutions), the module `jaxvir.models.layers.conv2d` builds (`PointwiseConv`
+for 1x1 kernels: a dot; `nnx.Conv` otherwise) under `jaxvir.xla.jit` (XLA's own convolutions),
+and `torch.nn.functional.conv2d` on channels-last tensors. Prints median milliseconds, the
+jaxvir/PyTorch ratio and the load average. This is the measurement behind `jaxvir.xla` and the
+reformulations in `jaxvir/models/layers.py`.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from flax import nnx
 
+from jaxvir import xla
 from jaxvir.models import layers
 
 # (name, input size, in channels, out channels, kernel, stride, padding) at 128x128 input.
@@ -49,10 +51,10 @@ def seconds(fn) -> float:
   return time.perf_counter() - start
 
 
-def jax_training_use(apply, x, kernel):
+def jax_training_use(apply, x, kernel, *, jit=jax.jit):
   """A jitted forward + both gradients of `apply(x, kernel)` (loss: sum of outputs * y_grad)."""
 
-  @jax.jit
+  @jit
   def run(x, kernel, y_grad):
     y, vjp = jax.vjp(apply, x, kernel)
     return y, *vjp(y_grad)
@@ -114,7 +116,7 @@ def main(argv=None) -> dict:
     apply, layer_type = jaxvir_apply(in_features, out_features, kernel_size, stride, padding)
     runs = {
       "plain": jax_training_use(plain, x, kernel),
-      "jaxvir": jax_training_use(apply, x, kernel),
+      "jaxvir": jax_training_use(apply, x, kernel, jit=xla.jit),
       "torch": torch_training_use(x, kernel, stride, padding),
     }
     for run in runs.values():  # compile and warm up

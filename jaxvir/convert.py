@@ -109,9 +109,12 @@ class RuleTable:
   Attributes:
     variant: the model variant to build (`variant=` of the model factory).
     preprocessing: key of `jaxvir.models.layers.PREPROCESSING` the weights expect.
-    rules: rules for everything but the classification head.
+    rules: rules for everything but the classification head and `top`.
     head: rules for the head; used when the file has the head's tensors (the model is then
       built with the file's number of classes), skipped for feature-only files.
+    top: rules for fully connected layers before the head that feature-only files may lack
+      as well (VGG's fc1 and fc2, absent from Keras' `include_top=False` "notop" files). A
+      file without them converts the rest; `load_pretrained` initialises them freshly.
     ignore: regular expressions (full match) of source tensors deliberately not converted,
       e.g. torch's `num_batches_tracked` counters.
     renames: `(pattern, replacement)` pairs applied with `re.sub` to every source tensor name
@@ -122,6 +125,7 @@ class RuleTable:
   preprocessing: str
   rules: tuple[Rule, ...]
   head: tuple[Rule, ...] = ()
+  top: tuple[Rule, ...] = ()
   ignore: tuple[str, ...] = ()
   renames: tuple[tuple[str, str], ...] = ()
 
@@ -447,7 +451,10 @@ def convert(
   table = rule_table(arch, source)
   tensors = rename_tensors(read_weights(weights), table.renames)
   has_head = bool(table.head) and all(rule.source in tensors for rule in table.head)
-  rules = table.rules + (table.head if has_head else ())
+  # A file with none of the top layers' tensors is a "notop" file; with some, the strict
+  # rules below report the missing ones.
+  has_top = not table.top or any(rule.source in tensors for rule in table.top)
+  rules = table.rules + (table.top if has_top else ()) + (table.head if has_head else ())
   num_classes = (
     int(table.head[0].transform(tensors[table.head[0].source]).shape[-1]) if has_head else None
   )
@@ -455,6 +462,8 @@ def convert(
     lambda: registry.create(arch, num_classes=num_classes, rngs=nnx.Rngs(0), variant=table.variant)
   )
   targets, param_count = model_targets(model)
+  unconverted = [] if has_top else sorted(rule.target for rule in table.top)
+  targets = {path: shape for path, shape in targets.items() if path not in unconverted}
   filled = apply_rules(tensors, rules, targets=targets, ignore=table.ignore)
 
   out.mkdir(parents=True, exist_ok=True)
@@ -467,6 +476,7 @@ def convert(
     "source": source,
     "preprocessing": table.preprocessing,
     "num_classes": num_classes,
+    "unconverted": unconverted,
     "param_count": param_count,
     "weights_file": weights.name,
     "weights_sha256": _sha256(weights),

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxvir import parallel
+from jaxvir import parallel, xla
 
 LossFn = Callable[[nnx.Module, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -127,7 +127,7 @@ def make_train_step(
     return new_state, jax.tree.map(jnp.add, sums, batch_sums)
 
   replicated = parallel.replicated(mesh)
-  return jax.jit(
+  return xla.jit(
     step,
     in_shardings=(state_sharding, replicated, parallel.batch_sharding(mesh)),
     out_shardings=(state_sharding, replicated),
@@ -154,7 +154,7 @@ def make_eval_step(graphdef: nnx.GraphDef, eval_fn, *, mesh: jax.sharding.Mesh):
     return jax.tree.map(jnp.add, sums, batch_sums), outputs
 
   replicated = parallel.replicated(mesh)
-  return jax.jit(
+  return xla.jit(
     step,
     in_shardings=(replicated, replicated, replicated, replicated, parallel.batch_sharding(mesh)),
     out_shardings=(replicated, parallel.batch_sharding(mesh)),

@@ -23,7 +23,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from jaxvir import checkpoint, data, models, optim, parallel, steps, tasks
+from jaxvir import checkpoint, data, models, optim, parallel, steps, tasks, xla
 from jaxvir import config as config_lib
 
 log = logging.getLogger("jaxvir")
@@ -484,7 +484,7 @@ def cached_training(config, dataset, state, eval_graphdef, labels, abstract_mode
   rest = prefix_cache.next_stage(abstract_model, stage)
 
   # The weights are arguments: closed over, they would be baked into the program as constants.
-  @jax.jit
+  @xla.jit
   def prefix_with(params, batch_stats, rest, images):
     model = nnx.merge(eval_graphdef, params, batch_stats, rest)
     return model.run(model.preprocess(images), stop=stage)

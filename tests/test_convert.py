@@ -125,6 +125,7 @@ def test_command_line_converts_and_is_strict(tmp_path, capsys):
     "source": "torchvision",
     "preprocessing": "torch",
     "num_classes": None,
+    "unconverted": [],
     "param_count": 25_557_032 - 2048 * 1000 - 1000,
     "weights_file": "resnet50.pth",
     "weights_sha256": hashlib.sha256((tmp_path / "resnet50.pth").read_bytes()).hexdigest(),

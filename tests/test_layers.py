@@ -190,44 +190,7 @@ def test_max_pool_gradient_keeps_bfloat16():
   assert float(grad.sum()) == 2 * 3 * 3 * 3
 
 
-@pytest.mark.parametrize(
-  "shape, kernel_shape, stride, padding",
-  [
-    ((2, 7, 7, 3), (3, 3, 3, 4), 1, 1),  # XLA's own kernel gradient (narrow, small)
-    ((2, 9, 9, 128), (3, 3, 128, 128), 2, 1),  # per-tap dots (wide)
-    ((2, 6, 6, 2), (7, 7, 2, 3), 2, 3),  # a 7x7 stem, XLA's own
-  ],
-)
-def test_tap_conv_equals_the_plain_convolution_and_its_gradients(
-  shape, kernel_shape, stride, padding
-):
-  rng = np.random.default_rng(5)
-  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-  kernel = jnp.asarray(rng.standard_normal(kernel_shape), jnp.float32)
-  strides, pads = (stride, stride), ((padding, padding), (padding, padding))
-  plain = lambda x, kernel: jax.lax.conv_general_dilated(
-    x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
-  )
-  tapped = lambda x, kernel: layers.conv_tap_grad(x, kernel, strides, pads)
-  y, vjp = jax.vjp(tapped, x, kernel)
-  plain_y, plain_vjp = jax.vjp(plain, x, kernel)
-  np.testing.assert_array_equal(y, plain_y)
-  y_grad = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  for grad, plain_grad in zip(vjp(y_grad), plain_vjp(y_grad), strict=True):
-    scale = float(jnp.max(jnp.abs(plain_grad)))
-    np.testing.assert_allclose(grad / scale, plain_grad / scale, atol=1e-6)
-
-
 def test_conv2d_picks_the_formulation_by_kernel():
   assert type(layers.conv2d(4, 4, 1, rngs=nnx.Rngs(0))) is layers.PointwiseConv
-  assert type(layers.conv2d(4, 4, 1, padding=1, rngs=nnx.Rngs(0))) is layers.TapConv
-  assert type(layers.conv2d(4, 4, 3, padding=1, rngs=nnx.Rngs(0))) is layers.TapConv
-
-
-def test_tap_conv_uses_per_tap_dots_only_where_they_pay_off():
-  wide = jnp.zeros((3, 3, 128, 256))
-  assert layers._taps_pay_off(jnp.zeros((16, 16, 16, 128)), wide)
-  assert layers._taps_pay_off(jnp.zeros((16, 64, 64, 64)), jnp.zeros((3, 3, 64, 128)))
-  assert not layers._taps_pay_off(jnp.zeros((16, 32, 32, 128)), jnp.zeros((3, 3, 128, 32)))
-  assert not layers._taps_pay_off(jnp.zeros((16, 32, 32, 64)), jnp.zeros((3, 3, 64, 64)))
-  assert layers._taps_pay_off(jnp.zeros((16, 128, 128, 64)), jnp.zeros((3, 3, 64, 64)))
+  assert type(layers.conv2d(4, 4, 1, padding=1, rngs=nnx.Rngs(0))) is nnx.Conv
+  assert type(layers.conv2d(4, 4, 3, padding=1, rngs=nnx.Rngs(0))) is nnx.Conv

@@ -9,7 +9,8 @@ import torch
 from flax import nnx
 from references import TorchResNet50, torch_random
 
-from jaxvir import convert
+from jaxvir import config as config_lib
+from jaxvir import convert, train
 from jaxvir.models import layers
 from jaxvir.models.pretrained import load_pretrained
 
@@ -71,3 +72,26 @@ def test_a_checkpoint_that_does_not_fit_the_architecture_is_rejected(converted, 
   (tmp_path / "metadata.json").write_text(json.dumps(metadata | {"variant": "keras"}))
   with pytest.raises(ValueError, match=r"does not match resnet50 \(keras\): missing \['stage1/"):
     load_pretrained(tmp_path)
+
+
+def test_a_config_fine_tunes_the_converted_weights(converted, tmp_path):
+  directory, state_dict = converted
+  config = config_lib.base_config()
+  config.model.name = "resnet50"
+  config.model.pretrained = str(directory)
+  config.data.num_synthetic = 96
+  config.freeze.patterns = ("stem/.*",)
+  config.freeze.batch_stats = True
+  config.train.batch_size = 16
+  config.train.epochs = 1
+  config.compilation_cache_dir = ""
+  report = train.train_and_evaluate(config, tmp_path / "run")
+  assert np.isfinite(report["val"]["loss"])
+  run = train.load_run(tmp_path / "run", checkpoint_name="last")
+  assert run.step > 0
+  params = run.variables[0]
+  # The frozen stem still holds the converted kernel; the head was replaced for 4 classes.
+  np.testing.assert_array_equal(
+    params["stem"]["conv"]["kernel"], state_dict["conv1.weight"].numpy().transpose(2, 3, 1, 0)
+  )
+  assert params["head"]["kernel"].shape == (2048, len(run.dataset.class_names))

@@ -145,7 +145,7 @@ def test_paper_variant_regressor_reads_the_shared_decoder_and_kernels_are_orthog
   abstract = nnx.eval_shape(lambda: TwinVAE(variant="paper", rngs=nnx.Rngs(0)))
   assert abstract.regressor.layers[0].kernel.shape == (256 * 5 * 5, 256)
   assert abstract.logvar_max is None
-  layer = twinvae._down("paper", 32, 64, "plain", jnp.float32, nnx.Rngs(0))
+  layer = twinvae._down("paper", 32, 64, jnp.float32, nnx.Rngs(0))
   kernel = np.asarray(layer.kernel[...]).reshape(-1, 64)
   np.testing.assert_allclose(kernel.T @ kernel, np.eye(64), atol=1e-5)
   assert float(jnp.abs(layer.bias[...]).max()) == 0.0

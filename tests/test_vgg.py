@@ -79,7 +79,7 @@ def converted_model(tensors, arch, source, *, blocks_only, **kwargs):
   targets = convert.model_targets(model)[0]
   if blocks_only:
     targets = {path: shape for path, shape in targets.items() if path.split("/")[0] in BLOCKS}
-  rules = [rule for rule in table.rules + table.head if rule.target in targets]
+  rules = [rule for rule in table.rules + table.top + table.head if rule.target in targets]
   filled = convert.apply_rules(tensors, rules, targets=targets, ignore=table.ignore)
   state = nnx.state(model, convert.CONVERTED)
   for path, variable in nnx.to_flat_state(state):
@@ -130,16 +130,28 @@ def test_keras_vgg16_full_size_logits(tmp_path):
     assert_close(actual[name], value, tolerance=tolerance, name=name)
 
 
-def test_keras_vgg19_blocks_small_input(tmp_path):
+def test_keras_notop_vgg19_file_converts_and_loads_with_a_fresh_classifier(tmp_path):
+  # `include_top=False` in the legacy layout: the "notop" file keras.applications downloads.
   reference = keras_application("VGG19", seed=3, include_top=False, input_shape=(32, 32, 3))
-  reference.save_weights(tmp_path / "vgg19.weights.h5")
-  tensors = convert.read_weights(tmp_path / "vgg19.weights.h5")
-  model = converted_model(tensors, "vgg19", "keras", blocks_only=True, variant="keras")
+  save_keras_legacy_h5(reference, tmp_path / "vgg19_notop.h5")
+  metadata = convert.convert(
+    source="keras", arch="vgg19", weights=tmp_path / "vgg19_notop.h5", out=tmp_path / "vgg19"
+  )
+  assert metadata["num_classes"] is None
+  assert metadata["unconverted"] == [
+    f"classifier/{layer}/{name}" for layer in ("fc1", "fc2") for name in ("bias", "kernel")
+  ]
+  model, preprocess = load_pretrained(tmp_path / "vgg19", num_classes=3, rngs=nnx.Rngs(5))
   x = np.random.default_rng(3).standard_normal((2, 32, 32, 3)).astype(np.float32)
   expected = keras_stage_outputs(reference, x, {f"block{i}": f"block{i}_pool" for i in range(1, 6)})
   actual = jax_stage_outputs(model, jnp.asarray(x), stop="block5")
   for name in BLOCKS:
     assert_close(actual[name], expected[name], tolerance=1e-4, name=name)
+  fc1 = model.classifier.fc1.kernel.get_value()
+  assert fc1.shape == (7 * 7 * 512, 4096) and 0 < float(jnp.std(fc1)) < 0.1
+  assert model.head.kernel.shape == (4096, 3)
+  images = np.random.default_rng(4).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+  assert np.isfinite(np.asarray(model(preprocess(jnp.asarray(images))))).all()
 
 
 def test_dropout_only_in_the_torchvision_variant():

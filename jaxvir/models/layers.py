@@ -59,14 +59,14 @@ def conv2d(
     rngs: random streams for initialisation.
 
   Returns:
-    An `nnx.Conv` with an HWIO kernel: a `PointwiseConv` for unpadded 1x1 kernels, a
-    `TapConv` otherwise.
+    An `nnx.Conv` with an HWIO kernel, a `PointwiseConv` for unpadded 1x1 kernels. Compile
+    with `jaxvir.xla.jit` on CPU: XLA's default (YNNPACK) convolutions are 2-4x slower here.
 
   Example:
 
     >>> conv = conv2d(3, 64, 7, stride=2, padding=3, use_bias=False, rngs=nnx.Rngs(0))
   """
-  conv_class = PointwiseConv if kernel_size == 1 and padding == 0 else TapConv
+  conv_class = PointwiseConv if kernel_size == 1 and padding == 0 else nnx.Conv
   return conv_class(
     in_features,
     out_features,
@@ -100,100 +100,13 @@ class PointwiseConv(nnx.Conv):
 
 
 def _window_views(padded: jax.Array, out_shape, *, window: tuple[int, int], strides):
-  """`padded` at each window offset, in row-major order: the inputs every output reads there."""
+  """`padded` at each window offset, in row-major order: the inputs every pooled output reads."""
   height, width = out_shape[1:3]
   for row in range(window[0]):
     for col in range(window[1]):
       rows = slice(row, row + strides[0] * (height - 1) + 1, strides[0])
       cols = slice(col, col + strides[1] * (width - 1) + 1, strides[1])
       yield padded[:, rows, cols, :]
-
-
-class TapConv(nnx.Conv):
-  """A convolution whose kernel gradient is one matrix product per kernel tap where that is faster.
-
-  On XLA:CPU the kernel gradient of a 3x3 convolution with many channels or pixels runs at a
-  fraction of matmul speed (VGG-16's second block: 3x slower than nine dots); `conv_tap_grad`
-  computes it from the `kernel_size**2` shifted views of the input instead. The forward pass and
-  the input gradient are XLA's convolution. Parameters are those of `nnx.Conv`.
-  """
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    strides = tuple(self.strides)  # `conv2d` gives both
-    padding = tuple(tuple(pair) for pair in self.padding)
-    bias = self.bias[...] if self.bias is not None else None
-    x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-    y = conv_tap_grad(x, kernel, strides, padding, self.precision)
-    return y if bias is None else y + bias
-
-
-def _conv(x, kernel, strides, padding, precision):
-  return jax.lax.conv_general_dilated(
-    x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision
-  )
-
-
-def _taps_pay_off(x: jax.Array, kernel: jax.Array) -> bool:
-  """Whether per-tap dots beat XLA:CPU's kernel gradient (measured, `benchmarks/README.md`).
-
-  They do for wide layers (in x out channels >= 2**13, e.g. VGG's 64 -> 128) and for large
-  maps (>= 2**17 pixels in the batch); XLA's own is faster for narrow layers on small maps
-  (ResNet-50's 64 -> 64 at 32x32, DenseNet's 128 -> 32).
-  """
-  in_features, out_features = kernel.shape[2:]
-  return in_features * out_features >= 2**13 or math.prod(x.shape[:3]) >= 2**17
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv_tap_grad(x, kernel, strides, padding, precision=None):
-  """`lax.conv_general_dilated` (NHWC, HWIO) with a faster kernel gradient on XLA:CPU.
-
-  Args:
-    x: (N, H, W, C) input.
-    kernel: (KH, KW, C, O) kernel.
-    strides: (row stride, column stride).
-    padding: ((top, bottom), (left, right)) zeros.
-    precision: `lax` precision of the convolution and the dots.
-
-  Returns:
-    The convolution; its gradients equal those of the plain convolution up to summation order.
-
-  Example:
-
-    >>> y = conv_tap_grad(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 2)), (1, 1), ((1, 1), (1, 1)))
-    >>> y.shape
-    (1, 8, 8, 2)
-  """
-  return _conv(x, kernel, strides, padding, precision)
-
-
-def _conv_tap_grad_fwd(x, kernel, strides, padding, precision):
-  return _conv(x, kernel, strides, padding, precision), (x, kernel)
-
-
-def _conv_tap_grad_bwd(strides, padding, precision, residuals, y_grad):
-  x, kernel = residuals
-  conv = functools.partial(_conv, strides=strides, padding=padding, precision=precision)
-  if not _taps_pay_off(x, kernel):
-    return jax.vjp(conv, x, kernel)[1](y_grad)
-  (x_grad,) = jax.vjp(lambda x: conv(x, kernel), x)[1](y_grad)
-  kernel_height, kernel_width, in_features, out_features = kernel.shape
-  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  y_grad_rows = y_grad.reshape(-1, out_features)
-  tap_grads = [
-    jax.lax.dot_general(
-      view.reshape(-1, in_features), y_grad_rows, (((0,), (0,)), ((), ())), precision=precision,
-      preferred_element_type=jnp.float32,
-    )
-    for view in _window_views(
-      padded, y_grad.shape, window=(kernel_height, kernel_width), strides=strides
-    )
-  ]
-  kernel_grad = jnp.stack(tap_grads).reshape(kernel.shape).astype(kernel.dtype)
-  return x_grad, kernel_grad
-
-
-conv_tap_grad.defvjp(_conv_tap_grad_fwd, _conv_tap_grad_bwd)
 
 
 class BatchNorm(nnx.BatchNorm):

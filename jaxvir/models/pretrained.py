@@ -105,6 +105,8 @@ def load_pretrained(
     directory: output directory of `python -m jaxvir.convert`.
     num_classes: None keeps the converted head (ImageNet's 1000 classes, or no head for a
       feature-only file); a number replaces it by a freshly initialised head of that size.
+      Layers a feature-only file lacks (VGG's fc1 and fc2 in Keras "notop" files) are
+      initialised freshly from `rngs`.
     dtype: compute dtype.
     remat: rematerialise blocks in the backward pass.
     rngs: random streams for the fresh head and dropout (default `nnx.Rngs(0)`).
@@ -133,19 +135,27 @@ def load_pretrained(
     )
   metadata = json.loads(metadata_path.read_text())
   rngs = nnx.Rngs(0) if rngs is None else rngs
-  model = nnx.eval_shape(
-    lambda: registry.create(
+  unconverted = set(metadata.get("unconverted", ()))
+
+  def create(rngs):
+    return registry.create(
       metadata["arch"],
       num_classes=metadata["num_classes"],
-      rngs=nnx.Rngs(0),
+      rngs=rngs,
       dtype=dtype,
       variant=metadata["variant"],
       remat=remat,
     )
-  )
+
+  # Layers the file lacked (a "notop" file's fc1 and fc2) keep a real fresh initialisation.
+  model = create(rngs) if unconverted else nnx.eval_shape(lambda: create(nnx.Rngs(0)))
   restored = _flatten(ocp.StandardCheckpointer().restore(directory / convert.STATE_DIR))
   state = nnx.state(model, convert.CONVERTED)
-  flat_state = nnx.to_flat_state(state)
+  flat_state = [
+    (path, variable)
+    for path, variable in nnx.to_flat_state(state)
+    if "/".join(map(str, path)) not in unconverted
+  ]
   paths = {"/".join(map(str, path)) for path, _ in flat_state}
   if paths != set(restored):
     raise ValueError(

@@ -58,18 +58,16 @@ def _linear(variant: str, d_in: int, d_out: int, dtype, rngs: nnx.Rngs) -> nnx.L
   return nnx.Linear(d_in, d_out, dtype=dtype, rngs=rngs, **_initialisers(variant, d_in))
 
 
-def _down(variant: str, c_in: int, c_out: int, method: str, dtype, rngs: nnx.Rngs) -> DownConv:
+def _down(variant: str, c_in: int, c_out: int, dtype, rngs: nnx.Rngs) -> DownConv:
   inits = _initialisers(variant, c_in * 25)
-  return DownConv(
-    c_in, c_out, kernel_size=5, stride=2, method=method, dtype=dtype, rngs=rngs, **inits
-  )
+  return DownConv(c_in, c_out, kernel_size=5, stride=2, dtype=dtype, rngs=rngs, **inits)
 
 
-def _up(variant, c_in, c_out, kernel, stride, method, dtype, rngs: nnx.Rngs) -> UpConv:
+def _up(variant, c_in, c_out, kernel, stride, dtype, rngs: nnx.Rngs) -> UpConv:
   # PyTorch's fan-in of a transposed convolution is out_channels * k * k.
   inits = _initialisers(variant, c_out * kernel * kernel)
   return UpConv(
-    c_in, c_out, kernel_size=kernel, stride=stride, method=method, dtype=dtype, rngs=rngs, **inits
+    c_in, c_out, kernel_size=kernel, stride=stride, dtype=dtype, rngs=rngs, **inits
   )
 
 
@@ -81,10 +79,10 @@ def _batch_norm(features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
 class OuterEncoder(nnx.Module):
   """Four 5x5 stride-2 VALID convolutions, each followed by LeakyReLU and dropout."""
 
-  def __init__(self, *, variant, leak, dropout, method, dtype, rngs: nnx.Rngs):
+  def __init__(self, *, variant, leak, dropout, dtype, rngs: nnx.Rngs):
     channels = (1, *ENCODER_CHANNELS)
     self.convs = nnx.List(
-      [_down(variant, channels[i], channels[i + 1], method, dtype, rngs) for i in range(4)]
+      [_down(variant, channels[i], channels[i + 1], dtype, rngs) for i in range(4)]
     )
     self.dropout = nnx.Dropout(dropout)
     self.leak = leak
@@ -98,11 +96,11 @@ class OuterEncoder(nnx.Module):
 class OuterDecoder(nnx.Module):
   """Transposed convolutions 5 -> 13 -> 29 -> 61 -> 62 -> 128 with BatchNorm and LeakyReLU."""
 
-  def __init__(self, *, variant, leak, method, dtype, rngs: nnx.Rngs):
+  def __init__(self, *, variant, leak, dtype, rngs: nnx.Rngs):
     c_in = ENCODER_CHANNELS[-1]
     convs, norms = [], []
     for c_out, kernel, stride in DECODER_LAYERS:
-      convs.append(_up(variant, c_in, c_out, kernel, stride, method, dtype, rngs))
+      convs.append(_up(variant, c_in, c_out, kernel, stride, dtype, rngs))
       c_in = c_out
     for c_out, _, _ in DECODER_LAYERS[:-1]:
       norms.append(_batch_norm(c_out, dtype, rngs))
@@ -119,16 +117,12 @@ class OuterDecoder(nnx.Module):
 class Core(nnx.Module):
   """The shared layers: convolution to 512x1x1, mu / log-variance, back to 512, up to 256x5x5."""
 
-  def __init__(self, *, variant, latent_dim, hidden_dim, leak, dropout, methods, dtype, rngs):
-    self.encoder_conv = _down(
-      variant, ENCODER_CHANNELS[-1], hidden_dim, methods["down"], dtype, rngs
-    )
+  def __init__(self, *, variant, latent_dim, hidden_dim, leak, dropout, dtype, rngs):
+    self.encoder_conv = _down(variant, ENCODER_CHANNELS[-1], hidden_dim, dtype, rngs)
     self.mu = _linear(variant, hidden_dim, latent_dim, dtype, rngs)
     self.logvar = _linear(variant, hidden_dim, latent_dim, dtype, rngs)
     self.expand = _linear(variant, latent_dim, hidden_dim, dtype, rngs)
-    self.decoder_conv = _up(
-      variant, hidden_dim, ENCODER_CHANNELS[-1], 5, 2, methods["up"], dtype, rngs
-    )
+    self.decoder_conv = _up(variant, hidden_dim, ENCODER_CHANNELS[-1], 5, 2, dtype, rngs)
     self.decoder_norm = _batch_norm(ENCODER_CHANNELS[-1], dtype, rngs)
     self.dropout = nnx.Dropout(dropout)
     self.leak = leak
@@ -181,23 +175,19 @@ class TwinVAE(nnx.Module):
     leak: float = 0.2,
     logvar_max: float | None = None,
     sample_at_eval: bool = False,
-    downsampling: str = "plain",
-    upsampling: str = "subpixel",
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     if variant not in VARIANTS:
       raise ValueError(f"model.variant={variant!r}; use one of {VARIANTS}")
     common = {"variant": variant, "leak": leak, "dtype": dtype}
-    methods = {"down": downsampling, "up": upsampling}
-    self.synthetic_encoder = OuterEncoder(dropout=dropout, method=downsampling, rngs=rngs, **common)
-    self.natural_encoder = OuterEncoder(dropout=dropout, method=downsampling, rngs=rngs, **common)
+    self.synthetic_encoder = OuterEncoder(dropout=dropout, rngs=rngs, **common)
+    self.natural_encoder = OuterEncoder(dropout=dropout, rngs=rngs, **common)
     self.core = Core(
-      latent_dim=latent_dim, hidden_dim=hidden_dim, dropout=dropout, methods=methods, rngs=rngs,
-      **common,
-    )  # fmt: skip
-    self.synthetic_decoder = OuterDecoder(method=upsampling, rngs=rngs, **common)
-    self.natural_decoder = OuterDecoder(method=upsampling, rngs=rngs, **common)
+      latent_dim=latent_dim, hidden_dim=hidden_dim, dropout=dropout, rngs=rngs, **common
+    )
+    self.synthetic_decoder = OuterDecoder(rngs=rngs, **common)
+    self.natural_decoder = OuterDecoder(rngs=rngs, **common)
     if variant == "paper":
       regressor_in, hidden = ENCODER_CHANNELS[-1] * 5 * 5, (256, 128)
     else:

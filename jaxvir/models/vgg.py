@@ -215,18 +215,20 @@ def torchvision_rules(arch: str, batch_norm: bool) -> convert.RuleTable:
 
 
 def keras_rules(arch: str) -> convert.RuleTable:
-  """Keras applications VGG layers (`block1_conv1`, `fc1`, `fc2`, `predictions`) to jaxvir."""
+  """Keras applications VGG layers (`block1_conv1`, `fc1`, `fc2`, `predictions`) to jaxvir.
+
+  Files saved with `include_top=False` ("notop") hold the convolution blocks only.
+  """
   rules = []
   for block, num_convs in enumerate(BLOCK_CONVS[arch], start=1):
     for conv in range(1, num_convs + 1):
       rules += convert.keras_conv(f"block{block}_conv{conv}", f"block{block}/conv{conv}")
-  rules += convert.keras_dense("fc1", "classifier/fc1")
-  rules += convert.keras_dense("fc2", "classifier/fc2")
   return convert.RuleTable(
     variant="keras",
     preprocessing="caffe",
     rules=tuple(rules),
     head=convert.keras_dense("predictions", "head"),
+    top=convert.keras_dense("fc1", "classifier/fc1") + convert.keras_dense("fc2", "classifier/fc2"),
   )
 
 

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxvir import models
+from jaxvir import models, xla
 
 log = logging.getLogger("jaxvir")
 
@@ -69,7 +69,7 @@ def make_encoder(config: ml_collections.ConfigDict) -> tuple[Encoder, dict]:
   graph, state = nnx.split(model)
 
   # The weights are an argument: closed over, they would be baked into the program as constants.
-  @jax.jit
+  @xla.jit
   def encode_with(state, images):
     encoder = nnx.merge(graph, state)
     return encoder.run(preprocess(images), stop=stage).astype(jnp.float32)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from jaxvir import xla
 from jaxvir.twinvae.augment import augment
 from jaxvir.twinvae.losses import LossWeights, twin_loss
 
@@ -145,7 +146,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, settings: StepSe
     )
     return new_state, metrics
 
-  return jax.jit(step, donate_argnums=0)
+  return xla.jit(step, donate_argnums=0)
 
 
 def make_predict(graphdef_eval):
@@ -170,7 +171,7 @@ def make_predict(graphdef_eval):
     outputs["cross_reconstruction"] = model.decode(outputs["z"], domain=other)
     return outputs
 
-  return jax.jit(predict, static_argnums=3)
+  return xla.jit(predict, static_argnums=3)
 
 
 def make_count(graphdef_eval):
@@ -191,4 +192,4 @@ def make_count(graphdef_eval):
     model = nnx.merge(graphdef_eval, params, batch_stats)
     return model.count(images.astype(jnp.float32) / 255.0, domain=domain, rngs=nnx.Rngs(latent=key))
 
-  return jax.jit(count, static_argnums=3)
+  return xla.jit(count, static_argnums=3)
