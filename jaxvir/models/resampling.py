@@ -119,7 +119,7 @@ def torch_default_init(fan_in: int) -> Callable[..., jax.Array]:
 class _StridedConv(nnx.Module):
   """A square kernel with a bias, applied by `convolve(x, kernel, stride=...)`."""
 
-  convolve: Callable[..., jax.Array]
+  convolve: staticmethod  # (x, kernel, *, stride) -> y
 
   def __init__(
     self,
@@ -144,7 +144,7 @@ class _StridedConv(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.kernel[...].astype(self.dtype)
-    y = type(self).convolve(x.astype(self.dtype), kernel, stride=self.stride)
+    y = self.convolve(x.astype(self.dtype), kernel, stride=self.stride)
     return y + self.bias[...].astype(self.dtype)
 
 
@@ -158,7 +158,7 @@ class DownConv(_StridedConv):
     (1, 62, 62, 32)
   """
 
-  convolve = plain_conv
+  convolve = staticmethod(plain_conv)
 
   def __init__(self, in_features: int, out_features: int, *, kernel_size: int, stride: int,
                kernel_init=None, bias_init=None, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -181,7 +181,7 @@ class UpConv(_StridedConv):
     (1, 128, 128, 1)
   """
 
-  convolve = subpixel_conv_transpose
+  convolve = staticmethod(subpixel_conv_transpose)
 
   def __init__(self, in_features: int, out_features: int, *, kernel_size: int, stride: int,
                kernel_init=None, bias_init=None, dtype=jnp.float32, rngs: nnx.Rngs):

@@ -66,9 +66,7 @@ def _down(variant: str, c_in: int, c_out: int, dtype, rngs: nnx.Rngs) -> DownCon
 def _up(variant, c_in, c_out, kernel, stride, dtype, rngs: nnx.Rngs) -> UpConv:
   # PyTorch's fan-in of a transposed convolution is out_channels * k * k.
   inits = _initialisers(variant, c_out * kernel * kernel)
-  return UpConv(
-    c_in, c_out, kernel_size=kernel, stride=stride, dtype=dtype, rngs=rngs, **inits
-  )
+  return UpConv(c_in, c_out, kernel_size=kernel, stride=stride, dtype=dtype, rngs=rngs, **inits)
 
 
 def _batch_norm(features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
