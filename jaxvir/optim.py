@@ -184,7 +184,9 @@ def make_optimizer(
     labels: `FROZEN` / `TRAINABLE` per parameter, from `FreezeRules.labels`.
 
   Returns:
-    An `optax.partition` of the optimizer (trainable) and `optax.set_to_zero()` (frozen).
+    An `optax.partition` of the optimizer (trainable) and `optax.set_to_zero()` (frozen). Its
+    `update` takes the reduce-on-plateau factor as a keyword, `lr_scale` (see
+    `scale_by_lr_scale`).
 
   Example:
 
@@ -201,4 +203,32 @@ def make_optimizer(
   if config.weight_decay and config.name != "adamw":
     parts.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
   parts.append(_base_optimizer(config, schedule, decay_mask))
+  parts.append(scale_by_lr_scale())
   return optax.partition({TRAINABLE: optax.chain(*parts), FROZEN: optax.set_to_zero()}, labels)
+
+
+def scale_by_lr_scale() -> optax.GradientTransformationExtraArgs:
+  """Multiplies updates by `update`'s keyword argument `lr_scale` (reduce-on-plateau's factor).
+
+  Part of the trainable branch only, so that frozen parameters get constant zero updates:
+  XLA then compiles their `param + update` to nothing, where a scale applied after
+  `optax.partition` (`0 * lr_scale` cannot be folded: the scale might be infinite) made every
+  step read and rewrite the frozen weights, 1.1 GB for VGG-16 with a frozen backbone.
+
+  Returns:
+    A transformation whose `update(updates, state, params, *, lr_scale=None)` scales by
+    `lr_scale` (a scalar) and leaves the updates unchanged without one.
+
+  Example:
+
+    >>> tx = optax.chain(optax.sgd(0.1), scale_by_lr_scale())
+    >>> updates, state = tx.update(grads, tx.init(params), params, lr_scale=jnp.float32(0.5))
+  """
+
+  def update(updates, state, params=None, *, lr_scale=None, **extra_args):
+    del params, extra_args
+    if lr_scale is not None:
+      updates = jax.tree.map(lambda u: u * lr_scale, updates)
+    return updates, state
+
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)

@@ -113,9 +113,7 @@ def make_train_step(
     (loss, (batch_sums, batch_stats, rest)), grads = jax.value_and_grad(objective, has_aux=True)(
       state.params
     )
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    # Scaling the update scales the learning rate for every supported optimizer.
-    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, lr_scale=state.lr_scale)
     new_state = state.replace(
       step=state.step + 1,
       params=optax.apply_updates(state.params, updates),

@@ -77,6 +77,29 @@ def test_frozen_parameters_have_no_state_and_do_not_move():
   np.testing.assert_array_equal(updates["head"]["bias"].get_value(), np.full((2,), -0.5))
 
 
+def test_lr_scale_scales_trainable_updates_and_frozen_ones_stay_zero():
+  params = tiny_params()
+  labels = optim.FreezeRules(patterns=("stem/.*",)).labels(params)
+  tx = optim.make_optimizer(
+    optim_config(name="sgd", momentum=0.0), schedule=optax.constant_schedule(0.5), labels=labels
+  )
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params, lr_scale=jnp.float32(0.25))
+  np.testing.assert_array_equal(updates["head"]["bias"].get_value(), np.full((2,), -0.125))
+  # Even an infinite scale leaves frozen updates exact zeros (0 * inf would be NaN).
+  updates, _ = tx.update(grads, tx.init(params), params, lr_scale=jnp.float32(np.inf))
+  np.testing.assert_array_equal(updates["stem"]["kernel"].get_value(), np.zeros((2, 3)))
+
+
+def test_scale_by_lr_scale():
+  tx = optax.chain(optax.sgd(0.1), optim.scale_by_lr_scale())
+  grads = {"w": jnp.array([1.0, -2.0])}
+  scaled, _ = tx.update(grads, tx.init(grads), lr_scale=jnp.float32(0.5))
+  unscaled, _ = tx.update(grads, tx.init(grads))
+  np.testing.assert_allclose(scaled["w"], [-0.05, 0.1], rtol=1e-7)
+  np.testing.assert_allclose(unscaled["w"], [-0.1, 0.2], rtol=1e-7)
+
+
 def test_weight_decay_mask_excludes_biases():
   params = tiny_params()
   labels = optim.FreezeRules().labels(params)

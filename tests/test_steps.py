@@ -83,6 +83,18 @@ def test_frozen_parameters_and_stats():
   assert sums["count"] == 16 and sums["nonfinite"] == 0
 
 
+def test_the_compiled_step_returns_frozen_parameters_without_touching_them():
+  state, train_step, mesh = setup(freeze=("block1/.*",))
+  sums = steps.zero_sums(("loss", "correct", "count", "nonfinite"), mesh=mesh)
+  hlo = train_step.lower(state, sums, parallel.shard_batch(BATCH, mesh)).compile().as_text()
+  entry = hlo[hlo.index("\nENTRY") :]
+  outputs = entry[entry.index("ROOT") :].split("tuple(", 1)[1]
+  # The frozen kernel is returned as the (donated) input buffer itself: no copy, no
+  # `kernel + 0` pass; a trainable kernel is an updated value.
+  assert "%state_params__block1____conv____kernel___value" in outputs
+  assert "%state_params__head____kernel___value" not in outputs
+
+
 def test_batch_stats_update_when_not_frozen():
   before, after, _ = run_steps(1)
   changed = [not np.array_equal(a, b) for a, b in

@@ -202,12 +202,21 @@ def max_pool(x: jax.Array, *, window: int, stride: int, padding: int = 0) -> jax
   return _max_pool(x, window, stride, padding)
 
 
+def _pool_views(x, window, stride, padding) -> list[jax.Array]:
+  """`x` padded by -inf on every side, at each offset of the pooling window (row-major)."""
+  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  padded = jnp.pad(x, pad, constant_values=-jnp.inf)
+  pooled_shape = [(size + 2 * padding - window) // stride + 1 for size in x.shape[1:3]]
+  views = _window_views(padded, (None, *pooled_shape), window=(window,) * 2, strides=(stride,) * 2)
+  return list(views)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, stride, padding):
-  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-  return jax.lax.reduce_window(
-    x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), pad
-  )
+  # An elementwise maximum of the window views rather than a `reduce_window`: XLA:CPU hands
+  # reductions to YNNPACK together with the convolutions that feed them (see `jaxvir.xla`), and
+  # a forward-only VGG-16 ran all thirteen of its convolutions in one slow YNNPACK fusion.
+  return functools.reduce(jnp.maximum, _pool_views(x, window, stride, padding))
 
 
 def _max_pool_fwd(x, window, stride, padding):
@@ -219,11 +228,9 @@ def _max_pool_bwd(window, stride, padding, residuals, pooled_grad):
   x, pooled = residuals
   batch, height, width, channels = x.shape
   pooled_height, pooled_width = pooled.shape[1:3]
-  spatial_pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-  padded = jnp.pad(x, spatial_pad, constant_values=-jnp.inf)
   # The window offset of each output's first maximum (scanning backwards so the earliest match
   # wins), materialised: fused into the scatter below, XLA would re-derive it for every offset.
-  views = list(_window_views(padded, pooled.shape, window=(window,) * 2, strides=(stride,) * 2))
+  views = _pool_views(x, window, stride, padding)
   first_max = jnp.full(pooled.shape, len(views), jnp.int32)
   for index in reversed(range(len(views))):
     first_max = jnp.where(views[index] == pooled, index, first_max)
