@@ -5,7 +5,8 @@ Freezing is declared as regular expressions over parameter paths (the NNX state 
 pattern of the current phase matches it and trainable otherwise; every pattern must match at
 least one parameter, so a typo fails loudly instead of freezing nothing. Frozen parameters are
 labelled "frozen" for `optax.partition`, which gives them `optax.set_to_zero()`: they carry no
-optimizer state, and XLA removes their gradient computation from the compiled step.
+optimizer state, and XLA removes their gradient computation and their update from the compiled
+step (the step returns their buffers untouched).
 
 Example:
 
