@@ -5,9 +5,13 @@ project's 2-core AVX-512 machine (`benchmarks/README.md`, "XLA:CPU and YNNPACK")
 our convolutions and their gradients at 25-30 GFLOP/s where XLA's own (Eigen) convolution
 reached 90-130: a VGG-16 block-1 training use took 2.1 s with YNNPACK and 0.57 s without, and
 the Twin-VAE step went from 2.09x to 1.65x PyTorch's time from that alone. YNNPACK stays on
-for reductions only (see `CPU_OPTIONS`). The option is passed per program (`compiler_options`),
-so it changes only jaxvir's steps, never a user's other JAX code, and it is part of the
-persistent compilation cache's key. Other backends get no options.
+for reductions only (see `CPU_OPTIONS`). A reduction's YNNPACK fusion still takes the
+convolutions and matrix products feeding it when nothing else reads their outputs (forward-only
+programs), so jaxvir's layers avoid reductions after convolutions where that costs: max pooling
+is an elementwise maximum of window views (`jaxvir.models.layers.max_pool`; a VGG-16 forward
+pass had all its convolutions in the max pool's YNNPACK fusion). The option is passed per
+program (`compiler_options`), so it changes only jaxvir's steps, never a user's other JAX code,
+and it is part of the persistent compilation cache's key. Other backends get no options.
 
 Example:
 

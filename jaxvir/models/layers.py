@@ -99,16 +99,6 @@ class PointwiseConv(nnx.Conv):
     return y if bias is None else y + bias
 
 
-def _window_views(padded: jax.Array, out_shape, *, window: tuple[int, int], strides):
-  """`padded` at each window offset, in row-major order: the inputs every pooled output reads."""
-  height, width = out_shape[1:3]
-  for row in range(window[0]):
-    for col in range(window[1]):
-      rows = slice(row, row + strides[0] * (height - 1) + 1, strides[0])
-      cols = slice(col, col + strides[1] * (width - 1) + 1, strides[1])
-      yield padded[:, rows, cols, :]
-
-
 class BatchNorm(nnx.BatchNorm):
   """`nnx.BatchNorm` over the last axis, computing in float32 and returning the caller's dtype.
 
@@ -203,12 +193,14 @@ def max_pool(x: jax.Array, *, window: int, stride: int, padding: int = 0) -> jax
 
 
 def _pool_views(x, window, stride, padding) -> list[jax.Array]:
-  """`x` padded by -inf on every side, at each offset of the pooling window (row-major)."""
+  """`x` padded by -inf on every side, at each offset of the pooling window (row-major): the
+  inputs every pooled output reads there."""
   pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
   padded = jnp.pad(x, pad, constant_values=-jnp.inf)
-  pooled_shape = [(size + 2 * padding - window) // stride + 1 for size in x.shape[1:3]]
-  views = _window_views(padded, (None, *pooled_shape), window=(window,) * 2, strides=(stride,) * 2)
-  return list(views)
+  height, width = [(size + 2 * padding - window) // stride + 1 for size in x.shape[1:3]]
+  rows = [slice(row, row + stride * (height - 1) + 1, stride) for row in range(window)]
+  cols = [slice(col, col + stride * (width - 1) + 1, stride) for col in range(window)]
+  return [padded[:, row, col, :] for row in rows for col in cols]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
