@@ -20,9 +20,9 @@ import re
 import ml_collections
 from ml_collections import config_dict
 
-from jaxvir import data, models, optim
+from jaxvir import data, models, optim, trainers
+from jaxvir.errors import ConfigError
 
-TRAINERS = ("classifier", "pathnet", "twinvae")
 SCHEDULES = ("constant", "warmup_cosine", "step")
 
 
@@ -110,19 +110,15 @@ def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _fail(field: str, message: str):
-  raise ValueError(f"config.{field}: {message}")
+  raise ConfigError(f"config.{field}: {message}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks combinations of fields that types alone cannot; raises ValueError naming the field.
+  """Checks combinations of fields that types alone cannot, then the trainer's own checks.
 
+  Raises:
+    ConfigError: naming the field that cannot work and what to set instead.
   """
-  if config.trainer not in TRAINERS:
-    _fail("trainer", f"unknown trainer {config.trainer!r}; one of {TRAINERS}")
-  if config.trainer == "pathnet":
-    from jaxvir.pathnet import train as pathnet_train
-
-    pathnet_train.check_config(config)
   if config.model.name not in models.names():
     _fail("model.name", f"unknown model {config.model.name!r}; one of {models.names()}")
   if config.model.dtype not in ("float32", "bfloat16"):
@@ -161,12 +157,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("train.batch_size", "batch sizes must be positive")
   if config.train.monitor not in ("val_accuracy", "val_loss"):
     _fail("train.monitor", f"must be 'val_accuracy' or 'val_loss', not {config.train.monitor!r}")
-  if config.cache.frozen_prefix not in ("off", "memory", "disk"):
-    _fail("cache.frozen_prefix", f"must be 'off', 'memory' or 'disk', not "
-          f"{config.cache.frozen_prefix!r}")
   if config.train.epochs <= 0:
     _fail("train.epochs", "must be positive")
   _validate_data(config.data)
+  trainers.get(config.trainer).check(config)
 
 
 def _validate_data(config: ml_collections.ConfigDict) -> None:

@@ -1,20 +1,20 @@
-"""Predicts the classes of image files with a trained classifier run.
+"""Predicts image files with a finished run (a classifier's classes, a Twin-VAE's counts).
 
   python scripts/predict.py --workdir runs/cxr/20261122-0300 new_scans/ extra.png \
       [--checkpoint best|last|STEP] [--out predictions.csv]
 
-Folders are searched recursively for image files. The CSV has one row per image: path,
-predicted class, one probability column per class (`prob_<class>`), and an error message
-for files that could not be read (the others are still predicted).
+Folders are searched recursively for image files. The CSV has one row per image: path, the
+prediction (classifiers: the predicted class and one `prob_<class>` column per class; Twin-VAE:
+the count), and an error message for files that could not be read (the others are still
+predicted).
 """
 
 import argparse
-import logging
 import sys
 
 from absl import flags
 
-from jaxvir import evaluate
+from jaxvir import cli, evaluate
 
 
 def parse_args(argv):
@@ -28,15 +28,9 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  # grain reads absl flags; this script takes its own arguments.
-  flags.FLAGS.mark_as_parsed()
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  try:
-    run = evaluate.load_classifier(args.workdir, checkpoint=args.checkpoint)
-  except (FileNotFoundError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
-  rows = evaluate.predict_files(run, args.paths)
+  flags.FLAGS.mark_as_parsed()  # grain reads absl flags; this script takes its own arguments
+  cli.configure_logging()
+  rows = evaluate.predict_files(args.workdir, args.paths, checkpoint=args.checkpoint)
   evaluate.write_predictions_csv(rows, args.out)
   failed = [row for row in rows if row["error"]]
   print(f"wrote {args.out}: {len(rows) - len(failed)} images predicted, {len(failed)} unreadable")
@@ -46,4 +40,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run_command(main))

@@ -1,25 +1,28 @@
-"""Trains and evaluates one experiment.
+"""Trains and evaluates one experiment, with any trainer.
 
   python scripts/train.py --config configs/classify_folder.py[:runlocal] \
-      [--workdir DIR] [--config.train.epochs=5 ...]
+      [--workdir DIR] [--config.train.epochs=5 ...] [--accept_config_changes]
 
 Without --workdir the run goes to runs/<config name>/<timestamp>/. Rerunning with the same
---workdir resumes from its latest checkpoint.
+--workdir resumes from its latest checkpoint; a rerun whose config changes the computation
+stops and lists the changes, unless --accept_config_changes is given.
 """
 
 import datetime
 import logging
 import pathlib
+import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxvir import config as config_lib
-from jaxvir import train
+from jaxvir import cli, report, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/NAME/TIMESTAMP).")
+_ACCEPT = flags.DEFINE_bool(
+  "accept_config_changes", False, "Resume a run although its config changes the computation."
+)
 
 
 def default_workdir(config_path: str) -> pathlib.Path:
@@ -27,20 +30,17 @@ def default_workdir(config_path: str) -> pathlib.Path:
   return pathlib.Path("runs") / name / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def main(argv):
+def main(argv) -> int:
   del argv
-  logging.basicConfig(
-    level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
-  )
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
-  config = _CONFIG.value
-  config_lib.validate(config)
+  cli.configure_logging()
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
-  logging.info("workdir: %s", workdir)
-  results = train.train_and_evaluate(config, workdir)
-  logging.info("results: %s", results)
+  log = logging.getLogger("jaxvir")
+  log.info("workdir: %s", workdir)
+  train.train_and_evaluate(_CONFIG.value, workdir, accept_changes=_ACCEPT.value)
+  print(f"\n{workdir}/report.json:\n{report.summary_table(workdir)}")
+  return 0
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(lambda argv: sys.exit(cli.run_command(lambda: main(argv))))

@@ -362,6 +362,15 @@ def generate(
   return images, np.concatenate([np.asarray(counts) for _, counts in parts])[:n]
 
 
+def read_image(path: str | pathlib.Path) -> np.ndarray:
+  """One image as the Twin-VAE reads it: grey uint8 (128, 128, 1), resized bilinearly."""
+  with Image.open(path) as image:
+    image = image.convert("L")
+    if image.size != (SIZE, SIZE):
+      image = image.resize((SIZE, SIZE), Image.BILINEAR)
+    return np.asarray(image, np.uint8)[..., None]
+
+
 def read_csv_dataset(
   csv_path: str | pathlib.Path, *, root: str | pathlib.Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -396,10 +405,7 @@ def read_csv_dataset(
       path = path if path.is_absolute() else root / path
       if not path.is_file():
         raise FileNotFoundError(f"{csv_path}:{line}: image {path} not found; pass root=...")
-      image = Image.open(path).convert("L")
-      if image.size != (SIZE, SIZE):
-        image = image.resize((SIZE, SIZE), Image.BILINEAR)
-      images.append(np.asarray(image, np.uint8))
+      images.append(read_image(path)[..., 0])
       counts.append(count)
   if not images:
     raise ValueError(f"{csv_path} lists no images")

@@ -27,6 +27,7 @@ import logging
 import os
 import pathlib
 import re
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -370,3 +371,28 @@ def build_folder(data_config: ml_collections.ConfigDict, *, seed: int) -> Source
     description=description,
     num_unreadable=len(unreadable),
   )
+
+
+def list_image_files(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
+  """Expands folders (recursively, sorted) into their image files; files pass as given.
+
+  Image files are those the folder data source reads (`IMAGE_EXTENSIONS`).
+  Paths that do not exist are kept, so that the prediction reports them as errors.
+
+  Example:
+    >>> list_image_files(["scan.png"])
+    [PosixPath('scan.png')]
+  """
+  files = []
+  for path in map(pathlib.Path, paths):
+    if path.is_dir():
+      files.extend(
+        sorted(
+          p
+          for p in path.rglob("*")
+          if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+      )
+    else:
+      files.append(path)
+  return files

@@ -52,6 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.val_fraction = 0.15
   config.test_fraction = 0.15
   config.split_by = "example"  # "example" or "group" (whole groups held out)
+  config.test_groups = ()  # split_by="group": these groups (e.g. patients) are the test split
   config.num_folds = 0  # 0: one split; k >= 2: stratified k-fold over train+val
   config.fold = 0  # the validation fold when num_folds >= 2
   config.balance = "none"  # "none", "undersample" or "loss_weights"
@@ -160,6 +161,7 @@ def build(data_config: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     split_by=data_config.split_by,
     num_folds=data_config.num_folds,
     fold=data_config.fold,
+    test_groups=tuple(data_config.test_groups),
     seed=seed,
   )
   for name, fraction in (("val", data_config.val_fraction), ("test", data_config.test_fraction)):

@@ -170,6 +170,7 @@ def split_indices(
   split_by: str = "example",
   num_folds: int = 0,
   fold: int = 0,
+  test_groups: Sequence = (),
   seed: int,
 ) -> dict[str, np.ndarray]:
   """Sorted train/val/test indices, stratified by class and seeded.
@@ -177,7 +178,9 @@ def split_indices(
   With `num_folds=0` the data is split once by the fractions. With `num_folds=k >= 2` the test
   part (`test_fraction`) is held out first, identically for every fold, and the rest is split
   into k stratified folds: fold `fold` is validation, the others train (`val_fraction` unused).
-  `split_by="group"` keeps every group in a single part.
+  `split_by="group"` keeps every group in a single part; with `test_groups` those groups are the
+  test split (e.g. held-out patients) and the others are split into train and validation
+  (`test_fraction` unused).
 
   Args:
     labels: (N,) class labels.
@@ -187,6 +190,7 @@ def split_indices(
     split_by: "example" or "group".
     num_folds: 0, or k >= 2 for k-fold cross-validation.
     fold: the validation fold, in [0, num_folds).
+    test_groups: groups held out as the test split (`split_by="group"` only).
     seed: the only source of randomness.
 
   Returns:
@@ -211,6 +215,8 @@ def split_indices(
   if num_folds and not 0 <= fold < num_folds:
     raise ValueError(f"config.data.fold must be in [0, {num_folds}), got {fold}")
 
+  if len(test_groups) and split_by != "group":
+    raise ValueError("config.data.test_groups needs split_by='group'; set it or clear test_groups")
   rng = np.random.default_rng(seed)
 
   def assign(subset: np.ndarray, fractions: Sequence[float]) -> np.ndarray:
@@ -219,11 +225,22 @@ def split_indices(
     return stratified_assign(labels[subset], fractions=fractions, rng=rng)
 
   everything = np.arange(len(labels))
-  if not num_folds:
+  if len(test_groups):
+    unknown = sorted(set(map(str, test_groups)) - set(map(str, groups)))
+    if unknown:
+      raise ValueError(f"config.data.test_groups: {unknown} are not groups of this data set "
+                       f"(groups: {sorted(set(map(str, groups)))})")  # fmt: skip
+    is_test = np.isin(np.asarray(groups).astype(str), np.asarray(test_groups).astype(str))
+  elif not num_folds:
     parts = assign(everything, (1.0 - val_fraction - test_fraction, val_fraction, test_fraction))
     return {name: np.flatnonzero(parts == i) for i, name in enumerate(SPLIT_NAMES)}
-
-  is_test = assign(everything, (1.0 - test_fraction, 0.0, test_fraction)) == 2
+  else:
+    is_test = assign(everything, (1.0 - test_fraction, 0.0, test_fraction)) == 2
+  if not num_folds:
+    rest = everything[~is_test]
+    val_share = val_fraction / (1.0 - test_fraction) if not len(test_groups) else val_fraction
+    parts = assign(rest, (1.0 - val_share, val_share, 0.0))
+    return {"train": rest[parts == 0], "val": rest[parts == 1], "test": everything[is_test]}
   rest = everything[~is_test]
   if split_by == "group":
     folds = assign(rest, np.full(num_folds, 1.0 / num_folds))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from jaxvir import xla
+from jaxvir import parallel, xla
 from jaxvir.twinvae.augment import augment
 from jaxvir.twinvae.losses import LossWeights, twin_loss
 
@@ -89,13 +89,17 @@ def _prepare(images: jax.Array, key: jax.Array, settings: StepSettings) -> jax.A
   )
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, settings: StepSettings):
+def make_train_step(
+  graphdef, tx: optax.GradientTransformation, settings: StepSettings, *, mesh=None
+):
   """Builds `step(state, batch, key, epoch) -> (state, metrics)`, jitted, state donated.
 
   Args:
     graphdef: the model graph from `init_state`.
     tx: the optimizer (with any freezing already applied, e.g. by `optax.partition`).
     settings: `StepSettings`.
+    mesh: a device mesh: the batch is split over its "data" axis (BatchNorm statistics are
+      still those of the whole batch), the state replicated. None: one device.
 
   Returns:
     The step function. `batch` holds uint8 images `synthetic_image` / `natural_image`
@@ -146,7 +150,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, settings: StepSe
     )
     return new_state, metrics
 
-  return xla.jit(step, donate_argnums=0)
+  if mesh is None:
+    return xla.jit(step, donate_argnums=0)
+  replicated = parallel.replicated(mesh)
+  return xla.jit(
+    step, donate_argnums=0,
+    in_shardings=(replicated, parallel.batch_sharding(mesh), replicated, replicated),
+    out_shardings=(replicated, replicated),
+  )
 
 
 def make_predict(graphdef_eval):

@@ -1,0 +1,517 @@
+"""The image classifier: one model, one softmax head, trained on a folder or an embedded set.
+
+`train(run)` runs in labelled sections: data, model, optimizer, checkpoint, steps, loop,
+evaluation; the run core (`jaxvir.run`) gives it the workdir, devices, keys, metrics writer,
+progress, checkpoints (resume with fallback, NaN guard) and early stopping. Rerunning on a
+workdir with checkpoints resumes from the latest one that restores: parameters, optimizer and
+schedule state, early-stopping and plateau state, the data iterator's position, so a killed
+run ends with the metrics of an uninterrupted one.
+"""
+
+import dataclasses
+import functools
+import logging
+import pathlib
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from jaxvir import (
+  checkpoint,
+  data,
+  models,
+  optim,
+  parallel,
+  prefix_cache,
+  report,
+  steps,
+  tasks,
+  xla,
+)
+from jaxvir import run as run_lib
+from jaxvir.data import folder_builder
+from jaxvir.errors import ConfigError, DataError
+from jaxvir.trainers import registry
+
+log = logging.getLogger("jaxvir")
+
+# Shapes only: restoring a run never needs its initial values.
+_SHAPE_KEYS = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
+
+
+def create_model(
+  config: ml_collections.ConfigDict, *, num_classes: int, keys: dict[str, jax.Array]
+) -> nnx.Module:
+  """The model of `config.model`, from converted weights when `pretrained` names them."""
+  rngs = nnx.Rngs(params=keys["params"], dropout=keys["dropout"])
+  dtype = jnp.dtype(config.model.dtype)
+  if config.model.pretrained is not None:
+    # The architecture and variant come from the conversion's metadata.json.
+    model, _ = models.load_pretrained(
+      config.model.pretrained, num_classes=num_classes, dtype=dtype, rngs=rngs,
+      remat=config.model.kwargs.get("remat", False),
+    )
+    return model
+  return models.create(
+    config.model.name, num_classes=num_classes, rngs=rngs, dtype=dtype, **config.model.kwargs
+  )
+
+
+@dataclasses.dataclass
+class Restored:
+  """A model restored from a run's checkpoint, ready for evaluation and prediction."""
+
+  config: ml_collections.ConfigDict
+  dataset: data.Dataset
+  mesh: jax.sharding.Mesh
+  eval_step: object
+  variables: tuple  # (params, batch_stats, rest)
+  step: int
+
+
+def forward_images(model, images):
+  """Logits of uint8 images: the model's own preprocessing, then the whole model."""
+  return model(model.preprocess(images))
+
+
+def classification_fns(config, class_weights, *, forward=forward_images, eval_forward=None):
+  """The classifier's `loss_fn` for training and `eval_fn` for evaluation.
+
+  Args:
+    config: the run's config.
+    class_weights: (K,) loss weights, or None.
+    forward: `(model, batch["image"]) -> logits` in training.
+    eval_forward: the same in evaluation (default `forward`).
+  """
+  eval_forward = eval_forward or forward
+
+  def loss_fn(model, batch):
+    logits = forward(model, batch["image"])
+    return tasks.classification_loss(
+      logits, batch["label"], class_weights=class_weights,
+      label_smoothing=config.train.label_smoothing,
+    )
+
+  def eval_fn(model, batch):
+    logits = eval_forward(model, batch["image"])
+    _, sums = tasks.classification_loss(logits, batch["label"], mask=batch["mask"])
+    return sums, jax.nn.softmax(logits.astype(jnp.float32))
+
+  return loss_fn, eval_fn
+
+
+def evaluate_split(eval_step, variables, batches: Iterator[dict], mesh) -> tuple[dict, np.ndarray]:
+  """Runs `eval_step` over `batches`; returns metrics and the (labels, probs) of real examples."""
+  sums = steps.zero_sums(("loss", "correct", "count"), mesh=mesh)
+  labels, probs = [], []
+  for batch in batches:
+    sums, batch_probs = eval_step(*variables, sums, parallel.shard_batch(batch, mesh))
+    keep = batch["mask"]
+    labels.append(batch["label"][keep])
+    probs.append(np.asarray(jax.device_get(batch_probs))[keep])
+  sums = jax.device_get(sums)
+  count = max(float(sums["count"]), 1.0)
+  metrics = {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count}
+  return metrics, (np.concatenate(labels), np.concatenate(probs))
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """The classifier's own config checks (the shared fields are checked by `config.validate`)."""
+  if config.cache.frozen_prefix not in ("off", "memory", "disk"):
+    raise ConfigError(
+      f"config.cache.frozen_prefix: must be 'off', 'memory' or 'disk', not "
+      f"{config.cache.frozen_prefix!r}"
+    )
+
+
+def best_mode(config: ml_collections.ConfigDict) -> str:
+  return "max" if config.train.monitor == "val_accuracy" else "min"
+
+
+def freeze_rules(config: ml_collections.ConfigDict) -> optim.FreezeRules:
+  """The config's freezing rules: its preset's patterns, its own patterns and thaw phases."""
+  preset = ()
+  if config.freeze.preset:
+    preset = models.presets.freeze_patterns(config.model.name, config.freeze.preset)
+  return optim.FreezeRules(
+    patterns=(*preset, *config.freeze.patterns),
+    thaw=tuple((epoch, tuple(p)) for epoch, p in config.freeze.thaw),
+  )
+
+
+def train(run: run_lib.Run) -> dict:
+  """Trains `run.config` in `run.workdir` (resuming) and evaluates the best checkpoint.
+
+  Returns:
+    The final metrics: the last validation metrics and each evaluated split's report entry.
+  """
+  config, workdir, mesh = run.config, run.workdir, run.mesh
+  if config.train.batch_size % jax.device_count():
+    raise ConfigError(
+      f"config.train.batch_size: {config.train.batch_size} is not divisible by the "
+      f"{jax.device_count()} devices; choose a multiple of {jax.device_count()}"
+    )
+  keys = {"params": run.key("params"), "dropout": run.key("dropout")}
+
+  # Data.
+  dataset = data.build(config.data, seed=config.seed)
+  log.warning("DATA: %s", dataset.description)
+  num_classes = len(dataset.class_names)
+  process_batch = config.train.batch_size // jax.process_count()
+  steps_per_epoch = data.steps_per_epoch(dataset, batch_size=process_batch)
+  total_steps = steps_per_epoch * config.train.epochs
+
+  # Model: shapes first (no allocation), to build the optimizer and shardings.
+  abstract_model = nnx.eval_shape(lambda: create_model(config, num_classes=num_classes, keys=keys))
+  train_graphdef, eval_graphdef, abstract_params, *_ = steps.split_model(
+    abstract_model, freeze_batch_stats=config.freeze.batch_stats
+  )
+  replicated = parallel.replicated(mesh)
+
+  # Optimizer: rebuilt (and the step recompiled) only when a thaw phase begins.
+  rules = freeze_rules(config)
+  schedule = optim.make_schedule(
+    config.optim, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+  )
+
+  def build_phase(epoch: int):
+    labels = rules.labels(abstract_params, epoch=epoch)
+    log.info("parameters at epoch %d:\n%s", epoch, optim.count_table(abstract_params, labels))
+    tx = optim.make_optimizer(config.optim, schedule=schedule, labels=labels)
+
+    def init_state(model_keys):
+      model = create_model(config, num_classes=num_classes, keys=model_keys)
+      _, _, params, batch_stats, rest = steps.split_model(model)
+      return steps.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, rest=rest,
+        opt_state=tx.init(params), lr_scale=jnp.ones((), jnp.float32),
+      )
+
+    abstract_state = jax.eval_shape(init_state, keys)
+    state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+    abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+      state_sharding,
+    )
+    return tx, init_state, abstract_state, state_sharding
+
+  # Checkpoint: resume from the newest one that restores. The saved optimizer state has the
+  # structure of the phase of the last finished epoch, read from the checkpoint's loop state.
+  def restore_checkpoint(manager, step):
+    loop = checkpoint.restore_loop(manager, step)
+    phase_parts = build_phase(max(loop["epoch"] - 1, 0))
+    state, loop = checkpoint.restore(manager, step, abstract_state=phase_parts[2])
+    return state, loop, phase_parts
+
+  resumed = run.checkpoints.restore_latest(restore_checkpoint)
+  if resumed is None:
+    latest, loop = None, {"epoch": 0, "stopping": None, "plateau_bad": 0, "plateau_best": None}
+    tx, init_state, abstract_state, state_sharding = build_phase(0)
+    if config.model.pretrained is None:
+      state = jax.jit(init_state, out_shardings=state_sharding)(keys)
+    else:  # eagerly: traced, the converted weights would be baked into the program as constants
+      state = jax.device_put(init_state(keys), state_sharding)
+  else:
+    latest, (state, loop, (tx, init_state, abstract_state, state_sharding)) = resumed
+    log.warning("RESUMED from step %d (epoch %d) in %s", latest, loop["epoch"], workdir)
+  run.metrics.resume(latest)
+  phase = rules.phase(max(loop["epoch"] - 1, 0))
+  stopping = run_lib.EarlyStopping(
+    mode=best_mode(config), patience=config.train.early_stopping_patience,
+    **(loop["stopping"] or {}),
+  )
+
+  # Steps, over cached frozen-prefix features when the config asks for them.
+  train_data, forward, eval_forward = dataset, forward_images, None
+  if config.cache.frozen_prefix != "off":
+    train_data, forward, eval_forward = cached_training(
+      config, dataset, state, eval_graphdef, rules.labels(
+        abstract_params, epoch=config.train.epochs - 1), abstract_model,
+    )
+  loss_fn, eval_fn = classification_fns(
+    config, jnp.asarray(dataset.class_weights(), jnp.float32), forward=forward,
+    eval_forward=eval_forward,
+  )
+  make_train_step = lambda: steps.make_train_step(
+    train_graphdef, tx, loss_fn, mesh=mesh, state_sharding=state_sharding
+  )
+  train_step = make_train_step()
+  eval_step = steps.make_eval_step(eval_graphdef, eval_fn, mesh=mesh)
+  train_iterator = data.train_iterator(
+    train_data, batch_size=process_batch, seed=config.seed,
+    shard_index=jax.process_index(), shard_count=jax.process_count(),
+  )
+  if latest is not None:
+    checkpoint.restore_data_iterator(run.checkpoints.manager, latest, train_iterator)
+
+  # Loop.
+  sum_names = ("loss", "correct", "count", "nonfinite")
+  sums = steps.zero_sums(sum_names, mesh=mesh)
+  progress = run.progress(total=total_steps, initial=latest or 0,
+                          batch_size=config.train.batch_size)  # fmt: skip
+  val_metrics = {}
+  for epoch in range(loop["epoch"], config.train.epochs):
+    if rules.phase(epoch) != phase:
+      phase = rules.phase(epoch)
+      tx, init_state, abstract_state, state_sharding = build_phase(epoch)
+      train_step = make_train_step()
+      # Newly thawed parameters start with fresh optimizer state (as Keras' recompile does).
+      state = state.replace(opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(
+        state.params))
+    start = time.perf_counter()
+    for _ in range(steps_per_epoch):
+      state, sums = train_step(state, sums, parallel.shard_batch(next(train_iterator), mesh))
+      step = progress.advance()
+      if progress.due(step):  # the only host sync inside an epoch
+        host_sums = jax.device_get(sums)
+        if host_sums["nonfinite"]:
+          break
+        progress.report(loss=host_sums["loss"] / max(host_sums["count"], 1), epoch=epoch + 1)
+    host_sums = jax.device_get(sums)
+    sums = steps.zero_sums(sum_names, mesh=mesh)
+    run.checkpoints.check_finite(
+      float("nan") if host_sums["nonfinite"] else 0.0, where=f"epoch {epoch + 1}",
+      fix="lower optim.learning_rate or set optim.grad_clip_norm",
+    )
+    seconds = time.perf_counter() - start
+    step = int(state.step)
+    count = max(float(host_sums["count"]), 1.0)
+    train_metrics = {
+      "loss": float(host_sums["loss"]) / count, "accuracy": float(host_sums["correct"]) / count,
+      "learning_rate": float(schedule(step - 1)) * float(state.lr_scale),
+      "images_per_second": steps_per_epoch * config.train.batch_size / seconds,
+    }
+    variables = (state.params, state.batch_stats, state.rest)
+    val_metrics, _ = evaluate_split(
+      eval_step, variables, data.eval_batches(train_data, "val", batch_size=config.eval.batch_size),
+      mesh,
+    )
+    for split, metrics in (("train", train_metrics), ("val", val_metrics)):
+      run.metrics.write(step=step, split=split, epoch=epoch + 1, **metrics)
+    log.info("epoch %d: train loss %.4f accuracy %.4f, val loss %.4f accuracy %.4f", epoch + 1,
+             train_metrics["loss"], train_metrics["accuracy"], val_metrics["loss"],
+             val_metrics["accuracy"])  # fmt: skip
+
+    # Early stopping and reduce-on-plateau, on host state that the checkpoint keeps.
+    monitored = val_metrics[config.train.monitor.removeprefix("val_")]
+    stopping.update(monitored, step=step)
+    plateau = config.optim.plateau
+    if plateau.patience:
+      best_loss = loop["plateau_best"]
+      if best_loss is None or val_metrics["loss"] < best_loss * (1 - plateau.min_delta):
+        loop.update(plateau_best=val_metrics["loss"], plateau_bad=0)
+      else:
+        loop["plateau_bad"] += 1
+      if loop["plateau_bad"] >= plateau.patience:
+        scale = max(float(state.lr_scale) * plateau.factor, plateau.min_scale)
+        state = state.replace(lr_scale=jax.device_put(jnp.float32(scale), replicated))
+        loop["plateau_bad"] = 0
+        log.info("reduce on plateau: learning-rate scale %.3g", scale)
+    loop.update(epoch=epoch + 1, stopping=stopping.to_dict())
+    run.checkpoints.save(
+      step, state=state, loop=loop, data_iterator=train_iterator, monitor=monitored
+    )
+    if stopping.should_stop:
+      log.warning("early stopping after epoch %d: no improvement in %d evaluations", epoch + 1,
+                  stopping.patience)  # fmt: skip
+      break
+  progress.close()
+  train_iterator.close()
+  run.close()
+
+  # Evaluation of the best checkpoint.
+  results = {"val": val_metrics, "best_step": stopping.best_step, "data": dataset.description}
+  restored = restore(workdir, checkpoint_name="best", config=config, dataset=dataset, mesh=mesh)
+  for split in config.eval.splits:
+    if dataset.num_examples(split) == 0:
+      continue
+    results[split] = report_split(restored, split, workdir=workdir if run.is_main else None)
+  return results
+
+
+def restore(
+  workdir: str | pathlib.Path,
+  *,
+  checkpoint_name: str | int = "best",
+  config: ml_collections.ConfigDict | None = None,
+  dataset: data.Dataset | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+) -> Restored:
+  """Restores a classifier run's model from its workdir for evaluation or prediction.
+
+  Args:
+    workdir: the run's directory.
+    checkpoint_name: "best", "last" or a step number.
+    config: the run's config (read from its `config.json` when None).
+    dataset: the run's data set (rebuilt from the config when None).
+    mesh: the device mesh (all devices when None).
+
+  Returns:
+    A `Restored`.
+  """
+  workdir = pathlib.Path(workdir)
+  config = config or run_lib.read_config(workdir)
+  mesh = mesh or parallel.make_mesh()
+  dataset = dataset or data.build(config.data, seed=config.seed)
+  checkpoints = run_lib.Checkpoints.open(workdir)
+  step = checkpoints.resolve(checkpoint_name)
+  num_classes = len(dataset.class_names)
+  abstract_model = nnx.eval_shape(
+    lambda: create_model(config, num_classes=num_classes, keys=_SHAPE_KEYS)
+  )
+  _, eval_graphdef, params, batch_stats, rest = steps.split_model(abstract_model)
+  replicated = parallel.replicated(mesh)
+  abstract = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+    {"params": params, "batch_stats": batch_stats, "rest": rest},
+  )
+  restored = checkpoint.restore_variables(checkpoints.manager, step, abstract_variables=abstract)
+  _, eval_fn = classification_fns(config, None)
+  eval_step = steps.make_eval_step(eval_graphdef, eval_fn, mesh=mesh)
+  variables = (restored["params"], restored["batch_stats"], restored["rest"])
+  return Restored(config=config, dataset=dataset, mesh=mesh, eval_step=eval_step,
+             variables=variables, step=step)
+
+
+def predict_split(run: Restored, split: str) -> tuple[dict, np.ndarray, np.ndarray]:
+  """`(metrics, labels, probs)` of the run's model on a split of its data set."""
+  batches = data.eval_batches(run.dataset, split, batch_size=run.config.eval.batch_size)
+  metrics, (labels, probs) = evaluate_split(run.eval_step, run.variables, batches, run.mesh)
+  return metrics, labels, probs
+
+
+def predict_images(run: Restored, images: np.ndarray) -> np.ndarray:
+  """Class probabilities (N, K) for uint8 images (N, H, W, C) of the run's image size."""
+  batch_size = run.config.eval.batch_size
+  probs = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start : start + batch_size]
+    pad = batch_size - len(chunk)
+    batch = {
+      "image": np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]),
+      "label": np.zeros(batch_size, np.int32),
+      "mask": np.arange(batch_size) < len(chunk),
+    }
+    _, batch_probs = run.eval_step(
+      *run.variables, steps.zero_sums(("loss", "correct", "count"), mesh=run.mesh),
+      parallel.shard_batch(batch, run.mesh),
+    )
+    probs.append(np.asarray(batch_probs)[: len(chunk)])
+  return np.concatenate(probs)
+
+
+def report_split(run: Restored, split: str, *, workdir: pathlib.Path | None) -> dict:
+  """Evaluates `split` and, with a workdir, writes its `report.json` and plots."""
+  metrics, labels, probs = predict_split(run, split)
+  if workdir is None:
+    return metrics
+  return report.write_classification(
+    workdir, labels=labels, probs=probs, class_names=list(run.dataset.class_names), split=split,
+    extra={"checkpoint_step": run.step, "data": run.dataset.description},
+  )
+
+
+def cached_training(config, dataset, state, eval_graphdef, labels, abstract_model):
+  """The data set of frozen-prefix features and the forward functions that read them.
+
+  Returns:
+    `(train_data, forward, eval_forward)`: a data set whose records hold the prefix output of
+    every reachable augmentation variant, and forward functions that run the remaining stages.
+  """
+  stage = prefix_cache.frozen_prefix(
+    abstract_model, labels, freeze_batch_stats=config.freeze.batch_stats
+  )
+  if stage is None:
+    raise ValueError(
+      "config.cache.frozen_prefix: the frozen parameters do not form a cacheable prefix of "
+      f"{config.model.name}'s stages (freeze whole first stages, and set "
+      "freeze.batch_stats=True for stages with BatchNorm)"
+    )
+  rest = prefix_cache.next_stage(abstract_model, stage)
+
+  # The weights are arguments: closed over, they would be baked into the program as constants.
+  @xla.jit
+  def prefix_with(params, batch_stats, rest, images):
+    model = nnx.merge(eval_graphdef, params, batch_stats, rest)
+    return model.run(model.preprocess(images), stop=stage)
+
+  prefix_fn = functools.partial(prefix_with, state.params, state.batch_stats, state.rest)
+
+  path = None
+  if config.cache.frozen_prefix == "disk":
+    key = prefix_cache.cache_key(
+      config.model.name, config.model.pretrained, stage, dataset.description,
+      config.data.to_json_best_effort(), *jax.tree.leaves(
+        jax.tree.map(lambda p, label: p if label == optim.FROZEN else 0, state.params, labels)),
+    )
+    path = pathlib.Path(config.cache.dir).expanduser() / f"{config.model.name}-{stage}-{key}.npy"
+  train_data = prefix_cache.cached_dataset(
+    dataset, prefix_fn, batch_size=config.eval.batch_size, path=path
+  )
+  log.warning(
+    "frozen-prefix cache: training %s from stage %s on cached features", config.model.name, rest
+  )
+  forward = lambda model, features: model.run(features, start=rest)
+  # Evaluation reads the unaugmented variant (id 0, the first slot).
+  eval_forward = lambda model, features: model.run(features[:, 0], start=rest)
+  return train_data, forward, eval_forward
+
+
+def evaluate(workdir, config, *, split: str, checkpoint: str | int) -> dict:
+  """Restores checkpoint `checkpoint` of a classifier run and writes the report of `split`."""
+  restored = restore(workdir, checkpoint_name=checkpoint, config=config)
+  if restored.dataset.num_examples(split) == 0:
+    sizes = {name: restored.dataset.num_examples(name) for name in ("train", "val", "test")}
+    raise DataError(f"the {split!r} split of {workdir} has no examples (sizes: {sizes}); "
+                    "choose another --split")  # fmt: skip
+  return {split: report_split(restored, split, workdir=pathlib.Path(workdir))}
+
+
+def predict(workdir, config, paths, *, checkpoint: str | int, chunk_size: int = 512) -> list[dict]:
+  """Class probabilities of image files; unreadable files get an error and the rest go on.
+
+  Returns:
+    One row per file, in order: `path`, `predicted_class`, `prob_<class name>` for every
+    class, and `error` (empty when the file was read).
+  """
+  restored = restore(workdir, checkpoint_name=checkpoint, config=config)
+  class_names = list(restored.dataset.class_names)
+  height, width, channels = restored.dataset.image_shape
+  files = folder_builder.list_image_files(paths)
+  rows = []
+  for start in range(0, len(files), chunk_size):
+    chunk_rows, images = [], []
+    for path in files[start : start + chunk_size]:
+      row = {"path": str(path), "predicted_class": "", "error": ""}
+      row.update({f"prob_{name}": "" for name in class_names})
+      try:
+        # Decoded exactly as the folder data source decodes its training images.
+        images.append(
+          folder_builder.decode_image(path, image_size=(height, width), channels=channels)
+        )
+      # PIL raises OSError subclasses for missing, unknown and truncated files.
+      except (OSError, ValueError, Image.DecompressionBombError) as error:
+        row["error"] = f"{type(error).__name__}: {error}"
+      chunk_rows.append(row)
+    readable = [row for row in chunk_rows if not row["error"]]
+    if images:
+      probs = predict_images(restored, np.stack(images))
+      for row, row_probs in zip(readable, probs, strict=True):
+        row["predicted_class"] = class_names[int(np.argmax(row_probs))]
+        row.update(
+          {f"prob_{name}": float(p) for name, p in zip(class_names, row_probs, strict=True)}
+        )
+    rows.extend(chunk_rows)
+  return rows
+
+
+registry.register(registry.Trainer(
+  name="classifier", check=check, train=train, evaluate=evaluate, best_mode=best_mode,
+  predict=predict,
+))
