@@ -1,8 +1,9 @@
 """Config arguments: the `ARG` of `--config configs/NAME.py:ARG`, parsed one way for every config.
 
-`ARG` is a comma-separated list of flags (`runlocal`) and `key=value` options (`fold=3`), e.g.
-`configs/pathnet_ecg.py:runlocal,inter_patient` or `configs/cxr.py:vgg16,ft2,fold=3`. A config
-declares what it accepts; anything else is rejected in one sentence listing what is known.
+`ARG` is a comma-separated list of flags (`runlocal`) and `key=value` options (`fold=3`), in
+any order: `configs/pathnet_ecg.py:runlocal,inter_patient`, or `:vgg16,ft2,fold=3` for a config
+that declares those. A config declares what it accepts; anything else is rejected in one
+sentence listing what is known.
 
   >>> args = parse("runlocal,fold=3", flags=("runlocal", "paper"), options={"fold": 0})
   >>> args.runlocal, args.paper, args.fold

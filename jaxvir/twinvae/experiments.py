@@ -10,6 +10,7 @@ share); `paper` switches from the authors' public code to the paper's settings.
   (2469, 'radam')
 """
 
+import os
 import pathlib
 
 import ml_collections
@@ -25,7 +26,7 @@ NATURAL_LABEL_FRACTIONS = {"phase_contrast": 0.062, "bright_field": 0.075}
 
 
 def twinvae_config(
-  modality: str, *, data_dir: str | pathlib.Path, paper: bool = False, runlocal: bool = False
+  modality: str, *, data_dir: str | os.PathLike, paper: bool = False, runlocal: bool = False
 ) -> ml_collections.ConfigDict:
   """A Twin-VAE trained from scratch on `modality` ("phase_contrast" or "bright_field").
 
@@ -49,7 +50,7 @@ def twinvae_config(
 
 
 def transfer_config(
-  target: str, *, data_dir: str | pathlib.Path, paper: bool = False, runlocal: bool = False
+  target: str, *, data_dir: str | os.PathLike, paper: bool = False, runlocal: bool = False
 ) -> ml_collections.ConfigDict:
   """A Twin-VAE transferred to `target` from `twinvae.init_from` (set by the user).
 
@@ -64,7 +65,7 @@ def transfer_config(
   return _runlocal(config) if runlocal else config
 
 
-def _base(modality: str, *, data_dir: str | pathlib.Path, paper: bool) -> ml_collections.ConfigDict:
+def _base(modality: str, *, data_dir: str | os.PathLike, paper: bool) -> ml_collections.ConfigDict:
   if modality not in MODALITIES:
     raise ValueError(f"Twin-VAE modality {modality!r}: one of {MODALITIES}")
   config = config_lib.base_config()
