@@ -3,7 +3,8 @@
   python scripts/train.py --config configs/classify_folder.py --config.data.dir=/path/to/images
 
 Without `data.dir`, it trains on the embedded synthetic shapes data set, generated from the
-seed (and says so). `:runlocal` is a run of under two minutes on a 2-core CPU:
+seed (and says so). Its one argument, `:runlocal`, is a run of under two minutes on a 2-core
+CPU:
 
   python scripts/train.py --config configs/classify_folder.py:runlocal
 
@@ -11,9 +12,11 @@ Other models: `--config.model.name=resnet50 --config.model.pretrained=weights/re
 """
 
 from jaxvir import config as config_lib
+from jaxvir import config_args
 
 
 def get_config(arg=None):
+  args = config_args.parse(arg, flags=("runlocal",))
   config = config_lib.base_config()
   config.data.num_synthetic = 2400  # used when data.dir is not set
   config.model.name = "small_cnn"
@@ -27,7 +30,7 @@ def get_config(arg=None):
   config.train.batch_size = 32
   config.train.epochs = 12
   config.train.early_stopping_patience = 4
-  if arg == "runlocal":
+  if args.runlocal:
     config_lib.runlocal(config)
     config.data.num_synthetic = 1600
     config.train.epochs = 8

@@ -3,6 +3,11 @@
   python scripts/train.py --config configs/pathnet_ecg.py --workdir runs/pathnet_ecg
   python scripts/train.py --config configs/pathnet_ecg.py:runlocal      # < 2 minutes
   python scripts/train.py --config configs/pathnet_ecg.py:inter_patient # whole records held out
+  python scripts/train.py --config configs/pathnet_ecg.py:runlocal,inter_patient
+
+Arguments (comma-separated): `inter_patient` (test on whole held-out records, 111, 209 and
+212, instead of beats drawn at random from every record), `runlocal` (a run of under two
+minutes).
 
 The same command with the same --workdir resumes a killed run from its last checkpoint.
 
@@ -20,51 +25,16 @@ authors' choice), Adam for the evolution and the final training, and the split (
 intra-patient as in the paper).
 """
 
-import os
+import pathlib
 
-from jaxvir import config as config_lib
-from jaxvir.data import ecg
-from jaxvir.pathnet import train as pathnet_train
+from jaxvir import config_args
+from jaxvir.pathnet import experiments
 
-MITDB_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mitdb")
+MITDB_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mitdb"
 
 
 def get_config(arg=None):
-  config = config_lib.base_config()
-  config.trainer = "pathnet"
-  with config.unlocked():
-    config.pathnet = pathnet_train.default_pathnet_config()
-    config.data.ecg = ecg.default_ecg_config()
-    config.data.ecg.test_records = ("111", "209", "212")  # inter-patient test records
-    config.model.kwargs.variant = "torchvision"
-  config.pathnet.task_names = ("ecg",)
-  config.data.name = "mitdb_beats"
-  config.data.dir = os.path.normpath(MITDB_DIR)
-  config.data.image_size = (64, 64)
-  config.data.channels = 1
-  config.data.val_fraction = 0.2
-  config.data.test_fraction = 0.2
-  config.data.split_by = "example"  # intra-patient; "group" holds out data.ecg.test_records
-  config.model.name = "vgg16"
-  config.pathnet.encoder_stage = "block4"
-  config.pathnet.population_size = 64
-  config.pathnet.max_generations = 60
-  config.pathnet.fitness_threshold = 1.0
-  config.pathnet.learning_rate = 1e-3
-  config.optim.name = "adam"
-  config.optim.learning_rate = 1e-3
-  config.train.batch_size = 64
-  config.train.epochs = 40
-  config.train.early_stopping_patience = 6
-  if arg == "inter_patient":
-    config.data.split_by = "group"
-  if arg == "runlocal":
-    config_lib.runlocal(config)
-    config.data.image_size = (32, 32)
-    config.data.ecg.max_beats_per_class = 200
-    config.pathnet.encoder_stage = "block3"
-    config.pathnet.population_size = 16
-    config.pathnet.train_steps = 10
-    config.pathnet.max_generations = 10
-    config.train.epochs = 5
-  return config
+  args = config_args.parse(arg, flags=("runlocal", "inter_patient"))
+  return experiments.ecg_config(
+    data_dir=MITDB_DIR, inter_patient=args.inter_patient, runlocal=args.runlocal
+  )
