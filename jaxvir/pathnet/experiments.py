@@ -16,7 +16,7 @@ import ml_collections
 from jaxvir import config as config_lib
 from jaxvir import data as data_lib
 from jaxvir.data import ecg
-from jaxvir.pathnet.train import default_pathnet_config as default_section
+from jaxvir.pathnet.config import default_section
 
 # The records held out for testing by `inter_patient`, one per class in `../shared/data/mitdb`:
 # 209 (A beats), 111 (L), 212 (R).
@@ -27,10 +27,8 @@ def ecg_data(
   data: ml_collections.ConfigDict, *, data_dir: str | os.PathLike
 ) -> ml_collections.ConfigDict:
   """Sets `data` (a `config.data`-like section) to MIT-BIH A, L and R beats as 64x64 images."""
-  beats = ecg.default_ecg_config()
-  beats.test_records = INTER_PATIENT_TEST_RECORDS  # used when split_by = "group"
   with data.unlocked():
-    data.ecg = beats
+    data.ecg = ecg.default_ecg_config()
   data.name = "mitdb_beats"
   data.dir = os.path.normpath(data_dir)
   data.image_size = (64, 64)
@@ -68,8 +66,9 @@ def ecg_config(
   """
   config = _base(task_names=("ecg",))
   ecg_data(config.data, data_dir=data_dir)
-  if inter_patient:
+  if inter_patient:  # whole records: the test records, and validation records among the rest
     config.data.split_by = "group"
+    config.data.test_groups = INTER_PATIENT_TEST_RECORDS
   config.pathnet.population_size = 64
   config.pathnet.max_generations = 60
   config.pathnet.fitness_threshold = 1.0

@@ -53,9 +53,6 @@ log = logging.getLogger("jaxvir")
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  if config.model.name != "twinvae":
-    raise ConfigError(f"config.model.name: the twinvae trainer needs 'twinvae', not "
-                      f"{config.model.name!r}")  # fmt: skip
   if "twinvae" not in config:
     raise ConfigError("config.twinvae: missing; start from jaxvir.twinvae.config.default_section()")
   twin_config.check(config)

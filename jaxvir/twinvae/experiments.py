@@ -16,7 +16,7 @@ import pathlib
 import ml_collections
 
 from jaxvir import config as config_lib
-from jaxvir.twinvae.train import twinvae_section as default_section
+from jaxvir.twinvae.config import default_section
 
 MODALITIES = ("phase_contrast", "bright_field")
 # Table 1 of the paper: Syn-*-L-Tr and Syn-*-L-Te, the synthetic training and test set sizes.
