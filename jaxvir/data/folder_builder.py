@@ -199,11 +199,14 @@ def list_image_folder(
     the listing.
 
   Raises:
-    FileNotFoundError: a folder does not exist.
-    ValueError: no images, an empty or unknown class, or classes that do not match the domains.
+    FileNotFoundError: `directory` does not exist.
+    ValueError: a missing split folder, no images, an empty or unknown class, or classes that do
+      not match `class_domains`.
   """
   if layout not in LAYOUTS:
     raise ValueError(f"config.data.layout must be one of {LAYOUTS}, got {layout!r}")
+  if top_classes < 0:
+    raise ValueError(f"config.data.top_classes must be >= 0 (0 keeps all), got {top_classes}")
   root = pathlib.Path(directory).expanduser().resolve()
   layout_help = _LAYOUT_HELP[layout] + _EXTENSIONS_HELP
   if not root.is_dir():
@@ -240,7 +243,7 @@ def list_image_folder(
     for split in SPLIT_NAMES:
       folder = root / split_folders[split]
       if not folder.is_dir():
-        raise FileNotFoundError(
+        raise ValueError(
           f"the {split} folder {folder} does not exist (config.data.split_folders.{split}="
           f"{split_folders[split]!r}); {layout_help}"
         )
@@ -549,6 +552,11 @@ def _describe_unreadable(unreadable: list, root: pathlib.Path) -> str:
   return f"{len(unreadable)} unreadable file(s) under {root}: {shown}{more}"
 
 
+def _as_dict(value) -> dict:
+  """A config mapping (ConfigDict, or a dict set directly) as a plain dict."""
+  return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else dict(value or {})
+
+
 @register("folder")
 def build_folder(data_config: ml_collections.ConfigDict, *, seed: int) -> Source:
   """The image folder `data_config.dir`, or the embedded synthetic shapes when it is None.
@@ -573,10 +581,10 @@ def build_folder(data_config: ml_collections.ConfigDict, *, seed: int) -> Source
   listing = list_image_folder(
     data_config.dir,
     layout=data_config.layout,
-    split_folders=data_config.split_folders.to_dict(),
+    split_folders=_as_dict(data_config.split_folders),
     skip=tuple(data_config.skip_folders),
     top_classes=data_config.top_classes,
-    class_domains=data_config.class_domains.to_dict(),
+    class_domains=_as_dict(data_config.class_domains),
   )
   builder = prepare_folder(
     listing,
