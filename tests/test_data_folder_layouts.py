@@ -61,6 +61,7 @@ def test_split_folders_are_the_split_and_non_class_folders_are_skipped(tem, tmp_
   np.testing.assert_array_equal(ds.class_counts("train"), [4, 3, 3])
   np.testing.assert_array_equal(ds.class_counts("test"), [1, 1, 1])
   assert "Fixed split from the folders train augmented_train/" in ds.description
+  assert "3 folder(s) skipped as not classes" in ds.description
   skipped = next(r.message for r in caplog.records if "not classes" in r.message)
   for name in ("_EXCLUDED", "augmented_train/crop_outlines", "test/Ebola/crop_outlines"):
     assert name in skipped

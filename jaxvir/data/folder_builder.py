@@ -1,15 +1,22 @@
 """Image folders as a data source: decoded and resized once into array_record files by a
 tensorflow-datasets builder (no TensorFlow needed), then read by grain.
 
-Layout: `DIR/<class name>/**/<image>` with one subfolder per class; png, jpg, jpeg, bmp, tif, tiff
-and gif files, grey or colour, any size. Every image is converted to `channels` (1 grey, 3 RGB;
-16-bit images are scaled from their full range, 32-bit and float images from their own min-max)
-and resized to `image_size` with PIL's bilinear filter (no aspect-preserving crop).
+Layouts (`config.data.layout`): "class", `DIR/<class name>/**/<image>` with one subfolder per
+class; "split/class", `DIR/<split folder>/<class name>/**/<image>`, the data's own fixed split
+(e.g. the TEM virus set's `augmented_train/`, `validation/`, `test/`); "domain/class",
+`DIR/<domain>/<class name>/**/<image>`, where the domain (e.g. the cell line) becomes a second
+label of each image. Folders named in `skip_folders` or starting with "." or "_" are not classes.
+Files: png, jpg, jpeg, bmp, tif, tiff and gif, grey or colour, 8 or 16 bits, any size. Each image
+is read at its own depth, goes through the `preprocess` hooks (e.g. CLAHE; see
+`jaxvir.data.preprocess`), is converted to 8 bits and `channels` (1 grey, 3 RGB; 16-bit images are
+scaled from their full range, 32-bit and float images from their own min-max) and resized to
+`image_size` with PIL's bilinear filter (no aspect-preserving crop).
 
 The prepared files live in `cache_dir/jaxvir_image_folder/<dir name>_<key>/`, where the key hashes
-the directory's absolute path, the name, size and modification time of every image file, the
-image size and the channels: a rerun on unchanged files reuses them without decoding anything, and
-any change prepares a new copy. Files that fail to decode are listed in the cache's metadata and
+the directory's absolute path, the name, size and modification time of every listed image file,
+the class names and labels, the image size, the channels and the preprocessing hooks with their
+settings: a rerun on unchanged files reuses them without decoding anything, and any change
+prepares a new copy. Files that fail to decode are listed in the cache's metadata and
 reported in the source's description and a warning; `unreadable="fatal"` raises on them.
 
 Example:
@@ -169,6 +176,57 @@ def _domain_map(class_domains: Mapping[str, Sequence[str]]) -> dict[str, str]:
   return domain_of
 
 
+def _files_by_split(
+  root: pathlib.Path,
+  layout: str,
+  split_folders: Mapping[str, str],
+  skip: Sequence[str],
+  skipped: list[str],
+) -> tuple[dict[str | None, dict[str, list[str]]], dict[str, str], int]:
+  """{split (None: not split yet): {class: files}}, {class: domain folder}, non-image count."""
+  if layout == "class":
+    classes, num_ignored = _class_files(root, root, skip, skipped)
+    return {None: _drop_empty(classes, str(root))}, {}, num_ignored
+  if layout == "domain/class":
+    num_ignored, merged, domain_of = 0, {}, {}
+    for domain_dir in _subfolders(root, skip, skipped, root):
+      classes, ignored = _class_files(domain_dir, root, skip, skipped)
+      num_ignored += ignored
+      for name, files in _drop_empty(classes, str(domain_dir)).items():
+        if name in domain_of:
+          raise ValueError(
+            f"class {name!r} is under both {domain_of[name]}/ and {domain_dir.name}/ in {root}; "
+            "class names must be unique over the domains, rename one of the folders"
+          )
+        domain_of[name] = domain_dir.name
+        merged[name] = files
+    return {None: merged}, domain_of, num_ignored
+  if sorted(split_folders) != sorted(SPLIT_NAMES):
+    raise ValueError(
+      f"config.data.split_folders must name the folder of each split {SPLIT_NAMES}, got "
+      f"{dict(split_folders)}"
+    )
+  by_split, num_ignored = {}, 0
+  for split in SPLIT_NAMES:
+    folder = root / split_folders[split]
+    if not folder.is_dir():
+      raise ValueError(
+        f"the {split} folder {folder} does not exist (config.data.split_folders.{split}="
+        f"{split_folders[split]!r}); {_LAYOUT_HELP[layout]}"
+      )
+    by_split[split], ignored = _class_files(folder, root, skip, skipped)
+    num_ignored += ignored
+  for split in ("val", "test"):
+    unknown = sorted(set(by_split[split]) - set(by_split["train"]))
+    if unknown:
+      raise ValueError(
+        f"class(es) {', '.join(unknown)} in {root / split_folders[split]} are not in the "
+        f"training folder {root / split_folders['train']}; add their training images or "
+        "remove them"
+      )
+  return by_split, {}, num_ignored
+
+
 def list_image_folder(
   directory: str | os.PathLike,
   *,
@@ -185,6 +243,11 @@ def list_image_folder(
   classes are those of the training folder); "domain/class" is `DIR/<domain>/<class>/**/<image>`
   (e.g. cell lines), class names unique over the domains. Folders starting with "." or "_" and
   those named in `skip` are not classes (logged), at any depth.
+
+  Example:
+
+    >>> listing = list_image_folder("tem/", layout="split/class", skip=("crop_outlines",),
+    ...   split_folders={"train": "augmented_train", "val": "validation", "test": "test"})
 
   Args:
     directory: the folder.
@@ -212,57 +275,24 @@ def list_image_folder(
   if not root.is_dir():
     raise FileNotFoundError(f"config.data.dir={str(directory)!r} is not a directory; {layout_help}")
   skipped: list[str] = []
-  # The files of each class per split (None: not split yet), and the domain of each class.
-  by_split: dict[str | None, dict[str, list[str]]] = {}
-  domain_of: dict[str, str] = {}
-  if layout == "class":
-    classes, num_ignored = _class_files(root, root, skip, skipped)
-    by_split[None] = _drop_empty(classes, str(root))
-  elif layout == "domain/class":
-    num_ignored, merged = 0, {}
-    for domain_dir in _subfolders(root, skip, skipped, root):
-      classes, ignored = _class_files(domain_dir, root, skip, skipped)
-      num_ignored += ignored
-      for name, files in _drop_empty(classes, str(domain_dir)).items():
-        if name in domain_of:
-          raise ValueError(
-            f"class {name!r} is under both {domain_of[name]}/ and {domain_dir.name}/ in {root}; "
-            "class names must be unique over the domains, rename one of the folders"
-          )
-        domain_of[name] = domain_dir.name
-        merged[name] = files
-    by_split[None] = merged
-  else:
-    split_folders = dict(split_folders or {})
-    if sorted(split_folders) != sorted(SPLIT_NAMES):
-      raise ValueError(
-        "config.data.split_folders must name the folder of each split "
-        f"{SPLIT_NAMES}, got {split_folders}"
-      )
-    num_ignored = 0
-    for split in SPLIT_NAMES:
-      folder = root / split_folders[split]
-      if not folder.is_dir():
-        raise ValueError(
-          f"the {split} folder {folder} does not exist (config.data.split_folders.{split}="
-          f"{split_folders[split]!r}); {layout_help}"
-        )
-      by_split[split], ignored = _class_files(folder, root, skip, skipped)
-      num_ignored += ignored
-    for split in ("val", "test"):
-      unknown = sorted(set(by_split[split]) - set(by_split["train"]))
-      if unknown:
-        raise ValueError(
-          f"class(es) {', '.join(unknown)} in {root / split_folders[split]} are not in the "
-          f"training folder {root / split_folders['train']}; add their training images or "
-          "remove them"
-        )
+  split_folders = dict(split_folders or {})
+  by_split, domain_of, num_ignored = _files_by_split(root, layout, split_folders, skip, skipped)
   if skipped:
     log.warning("folders that are not classes skipped under %s: %s", root, ", ".join(skipped))
-
-  counting = by_split["train"] if layout == "split/class" else by_split[None]
+  counting = by_split.get("train", by_split.get(None))
   kept = _top_classes({name: len(files) for name, files in counting.items()}, top_classes)
   class_names = tuple(sorted(kept))
+  if not class_names:
+    raise ValueError(
+      f"config.data.dir={str(directory)!r} holds no images in subfolders; {layout_help}"
+    )
+  for split, classes in by_split.items():
+    for name in class_names:
+      if split is not None and not classes.get(name):
+        raise ValueError(
+          f"class {name!r} has no images in the {split} folder "
+          f"{root / split_folders[split] / name}; add images or remove the class"
+        )
   if class_domains:
     mapped = _domain_map(class_domains)
     if layout == "domain/class":
@@ -271,24 +301,14 @@ def list_image_folder(
     else:
       _check_classes(set(class_names), set(mapped), root)
     domain_of = mapped
-  for split, classes in by_split.items():
-    for name in class_names:
-      if split is not None and not classes.get(name):
-        raise ValueError(
-          f"class {name!r} has no images in the {split} folder "
-          f"{root / split_folders[split] / name}; add images or remove the class"
-        )
-  if not class_names:
-    raise ValueError(
-      f"config.data.dir={str(directory)!r} holds no images in subfolders; {layout_help}"
-    )
+
   files, labels, file_splits = [], [], []
   for split, classes in by_split.items():
     for label, name in enumerate(class_names):
       files += classes.get(name, [])
       labels += [label] * len(classes.get(name, []))
       file_splits += [split] * len(classes.get(name, []))
-  domain_names = tuple(sorted(set(domain_of[name] for name in class_names))) if domain_of else ()
+  domain_names = tuple(sorted({domain_of[name] for name in class_names})) if domain_of else ()
   domains = None
   if domain_names:
     class_domain = [domain_names.index(domain_of[name]) for name in class_names]
@@ -631,6 +651,9 @@ def build_folder(data_config: ml_collections.ConfigDict, *, seed: int) -> Source
   if listing.domains is not None:
     domains = np.asarray(listing.domains, np.int32)[written]
     description += f" Domains: {', '.join(listing.domain_names)}."
+  if listing.skipped:
+    shown = ", ".join(listing.skipped[:5]) + (" ..." if len(listing.skipped) > 5 else "")
+    description += f" {len(listing.skipped)} folder(s) skipped as not classes ({shown})."
   if listing.num_ignored:
     description += f" {listing.num_ignored} non-image file(s) ignored."
   if unreadable:
