@@ -217,7 +217,7 @@ def test_a_class_missing_from_a_split_is_named_in_a_warning(monkeypatch, caplog)
   warnings = [r.message for r in caplog.records if "no example of class" in r.message]
   assert sorted(warnings) == sorted(
     f"the {split} split has no example of class(es) c, so their {split} figures are undefined; "
-    "add images of them or change the split fractions"
+    "add images of them or change the split"
     for split in missing
   )
 

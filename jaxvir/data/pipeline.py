@@ -266,7 +266,7 @@ def _warn_missing_classes(source: Source, splits: dict[str, np.ndarray]) -> None
     if missing:
       log.warning(
         "the %s split has no example of class(es) %s, so their %s figures are undefined; add "
-        "images of them or change the split fractions",
+        "images of them or change the split",
         name,
         ", ".join(missing),
         name,
