@@ -166,6 +166,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _validate_data(config: ml_collections.ConfigDict) -> None:
   if config.name not in data.names():
     _fail("data.name", f"unknown data source {config.name!r}; one of {data.names()}")
+  if config.layout not in data.folder_builder.LAYOUTS:
+    _fail("data.layout", f"must be one of {data.folder_builder.LAYOUTS}, not {config.layout!r}")
+  if config.top_classes < 0:
+    _fail("data.top_classes", "must be 0 (all classes) or a positive number")
+  data.preprocess.resolve(config)
   if config.channels not in (1, 3):
     _fail("data.channels", f"must be 1 or 3, not {config.channels}")
   if not (0 < config.val_fraction and 0 <= config.test_fraction

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxvir import optim
+from jaxvir import data, optim
 from jaxvir.data import augment as augment_lib
 
 log = logging.getLogger("jaxvir")
@@ -207,8 +207,6 @@ def cached_dataset(dataset, prefix_fn, *, batch_size: int, path: pathlib.Path | 
     A `Dataset` with the same splits, order and augmentation draws, whose records hold
     features (num_variants, ...) and whose augmentation picks the drawn variant.
   """
-  from jaxvir import data
-
   height, width, _ = dataset.image_shape
   variants = (0,)
   if dataset.augment.enabled:
@@ -219,10 +217,8 @@ def cached_dataset(dataset, prefix_fn, *, batch_size: int, path: pathlib.Path | 
     lambda indices: np.stack([records[int(i)]["image"] for i in indices]),
     num_records=len(records), variants=variants, batch_size=batch_size, path=path,
   )
-  source = data.Source(
-    records=data.sources.ArrayRecords(table.features, dataset.source.labels),
-    labels=dataset.source.labels, groups=dataset.source.groups,
-    class_names=dataset.source.class_names, description=dataset.source.description,
+  source = dataclasses.replace(
+    dataset.source, records=data.sources.ArrayRecords(table.features, dataset.source.labels)
   )
   picker = VariantPicker(dataset.augment, variants, square=height == width)
   return dataclasses.replace(dataset, source=source, augment=picker)

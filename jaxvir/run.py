@@ -40,7 +40,7 @@ import jax
 import ml_collections
 import tqdm
 
-from jaxvir import checkpoint, parallel
+from jaxvir import checkpoint, data, parallel
 from jaxvir.errors import NonFiniteLossError, WorkdirError
 
 log = logging.getLogger("jaxvir")
@@ -459,7 +459,10 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise WorkdirError(f"{path} does not exist: give the workdir of a run that scripts/train.py "
                        "wrote (config.json, checkpoints/)")  # fmt: skip
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = json.loads(path.read_text())
+  # A run written before a data field existed reads that field's default.
+  config["data"] = {**data.default_config().to_dict(), **config.get("data", {})}
+  return ml_collections.ConfigDict(config)
 
 
 def enable_compilation_cache(directory: str) -> None:

@@ -1,5 +1,7 @@
 """The grain pipeline: epochs, resumable state, sharding, balancing and padded evaluation."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -176,3 +178,63 @@ def test_clear_errors():
     data.ArraySource(
       np.zeros((2, 4, 4, 1), np.uint8), [0, 2], class_names=("a", "b"), description="x"
     )
+
+
+_GIVEN: dict[str, data.Source] = {}
+
+
+@data.register("test_given_source")
+def _given_source(data_config, *, seed):
+  del data_config, seed
+  return _GIVEN["source"]
+
+
+def _given(monkeypatch, labels, *, class_names=("a", "b", "c"), **kwargs):
+  source = data.ArraySource(
+    np.zeros((len(labels), 2, 2, 1), np.uint8),
+    labels,
+    class_names=class_names,
+    description="given",
+    **kwargs,
+  )
+  monkeypatch.setitem(_GIVEN, "source", source)
+  return source
+
+
+def test_fewer_than_two_classes_is_an_error(monkeypatch):
+  _given(monkeypatch, [1] * 10)
+  with pytest.raises(ValueError, match=r"images of 1 class \(b\) but a classifier needs at least"):
+    data.build(_config(name="test_given_source"), seed=0)
+
+
+def test_a_class_missing_from_a_split_is_named_in_a_warning(monkeypatch, caplog):
+  # 20 + 20 + 1 examples at 80/10/10: the single "c" lands in one split only.
+  _given(monkeypatch, [0] * 20 + [1] * 20 + [2])
+  with caplog.at_level(logging.WARNING, logger="jaxvir"):
+    ds = data.build(_config(name="test_given_source"), seed=0)
+  missing = [split for split in ("train", "val", "test") if ds.class_counts(split)[2] == 0]
+  assert len(missing) == 2
+  warnings = [r.message for r in caplog.records if "no example of class" in r.message]
+  assert sorted(warnings) == sorted(
+    f"the {split} split has no example of class(es) c, so their {split} figures are undefined; "
+    "add images of them or change the split"
+    for split in missing
+  )
+
+
+def test_fixed_splits_and_domains_of_a_source_are_kept(monkeypatch):
+  labels = np.array([0, 1, 2] * 4)
+  fixed = {"train": np.arange(6), "val": np.arange(6, 9), "test": np.arange(9, 12)}
+  _given(monkeypatch, labels, fixed_splits=fixed, domains=labels // 2, domain_names=("x", "y"))
+  ds = data.build(_config(name="test_given_source", val_fraction=0.5, test_fraction=0.0), seed=3)
+  for split, indices in fixed.items():
+    np.testing.assert_array_equal(ds.splits[split], indices)
+  np.testing.assert_array_equal(ds.domains("val"), [0, 0, 1])
+  np.testing.assert_array_equal(ds.class_domains, [0, 0, 1])
+  with pytest.raises(ValueError, match=r"split_by='group' re-splits the data"):
+    data.build(_config(name="test_given_source", split_by="group"), seed=0)
+  with pytest.raises(ValueError, match=r"must partition the records"):
+    _given(monkeypatch, labels, fixed_splits={**fixed, "test": np.arange(8, 12)})
+  # A source without domains says so.
+  ds = data.build(_config(), seed=0)
+  assert ds.domains("train") is None and ds.class_domains is None and ds.domain_names == ()

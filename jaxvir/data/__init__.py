@@ -8,8 +8,8 @@ Example:
   >>> it = data.train_iterator(ds, batch_size=32, seed=0)
 """
 
-# Importing a source module registers its sources.
-from jaxvir.data import ecg, folder_builder, synthetic_shapes  # noqa: F401
+# Importing a source module registers its sources (and `preprocess` its hooks).
+from jaxvir.data import ecg, folder_builder, preprocess, synthetic_shapes  # noqa: F401
 from jaxvir.data.augment import (
   AugmentOptions,
   device_augment,

@@ -36,6 +36,8 @@ from jaxvir.data.sources import Source, build_source
 
 BALANCE_MODES = ("none", "undersample", "loss_weights")
 
+log = logging.getLogger("jaxvir")
+
 
 def default_config() -> ml_collections.ConfigDict:
   """Every field of `config.data` with its default.
@@ -46,6 +48,24 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = "folder"  # a registered source: "folder", "synthetic_shapes", ...
   config.dir = ml_collections.FieldReference(None, field_type=str)  # None: synthetic shapes
+  # How `dir` is laid out: "class" (DIR/<class>/), "split/class" (DIR/<split folder>/<class>/,
+  # the authors' fixed split) or "domain/class" (DIR/<domain, e.g. cell line>/<class>/).
+  config.layout = "class"
+  # The folder of each split for layout "split/class"; no re-splitting, no folds.
+  config.split_folders = ml_collections.ConfigDict(
+    {"train": "train", "val": "validation", "test": "test"}
+  )
+  # Folders that are never classes, at any depth; names starting with "." or "_" never are.
+  config.skip_folders = ("crop_outlines",)
+  config.top_classes = 0  # keep the N classes with the most (training) images; 0 keeps all
+  # Optional {domain: (class, ...)}, e.g. {"MDCK": ("MDCK", "MDCK-IAV")}: each class's domain
+  # (a second label per image); with layout "domain/class" the folders must match it.
+  config.class_domains = ml_collections.ConfigDict()
+  # Hooks run once per image when the folder's cache is built, before the resize, in order;
+  # part of the cache key. Known: "clahe" (scikit-image's equalize_adapthist).
+  config.preprocess = ()
+  config.clahe_clip_limit = 0.01  # scikit-image's fraction (not OpenCV's absolute clip)
+  config.clahe_tiles = (8, 8)  # (rows, columns) of CLAHE's contextual regions
   config.image_size = (32, 32)  # (height, width) every image is resized to
   config.channels = 3  # 1 (grey) or 3 (colour); inputs are converted
   config.num_synthetic = 1600  # images of the embedded synthetic shapes
@@ -95,6 +115,37 @@ class Dataset:
   @property
   def num_classes(self) -> int:
     return len(self.source.class_names)
+
+  @property
+  def domain_names(self) -> tuple[str, ...]:
+    """The names of the source's domains (e.g. cell lines); empty when it has none."""
+    return self.source.domain_names
+
+  def domains(self, split: str) -> np.ndarray | None:
+    """The domain index of each example of `split`, in `eval_batches` order; None without
+    domains."""
+    if self.source.domains is None:
+      return None
+    return self.source.domains[self._split(split)]
+
+  @functools.cached_property
+  def class_domains(self) -> np.ndarray | None:
+    """(num_classes,) the domain index of each class (-1 for a class without examples), for
+    per-domain heads; None without domains.
+
+    Raises:
+      ValueError: a class has examples in two domains.
+    """
+    if self.source.domains is None:
+      return None
+    table = np.full(self.num_classes, -1, np.int32)
+    table[self.source.labels] = self.source.domains
+    if not np.array_equal(table[self.source.labels], self.source.domains):
+      raise ValueError(
+        "the source's domains are not a function of the class (a class has examples in two "
+        "domains), so per-domain heads cannot be derived from the class"
+      )
+    return table
 
   @property
   def description(self) -> str:
@@ -153,26 +204,46 @@ def build(data_config: ml_collections.ConfigDict, *, seed: int) -> Dataset:
   source = build_source(data_config, seed=seed)
   if len(source.records) == 0:
     raise ValueError(f"the data set is empty: {source.description}")
-  splits = splits_lib.split_indices(
-    source.labels,
-    source.groups,
-    val_fraction=data_config.val_fraction,
-    test_fraction=data_config.test_fraction,
-    split_by=data_config.split_by,
-    num_folds=data_config.num_folds,
-    fold=data_config.fold,
-    test_groups=tuple(data_config.test_groups),
-    seed=seed,
-  )
-  for name, fraction in (("val", data_config.val_fraction), ("test", data_config.test_fraction)):
-    if fraction > 0 and len(splits[name]) == 0:
-      raise ValueError(
-        f"config.data.{name}_fraction={fraction} but the {name} split is empty "
-        f"({len(source.records)} examples, split_by={data_config.split_by!r}); add data or "
-        f"raise {name}_fraction"
-      )
+  present = np.unique(source.labels)
+  if len(present) < 2:
+    names = ", ".join(source.class_names[label] for label in present)
+    raise ValueError(
+      f"the data has images of {len(present)} class ({names}) but a classifier needs at least "
+      "two; add images of the other classes (for an image folder, one subfolder per class)"
+    )
+  if source.fixed_splits is not None:
+    for field, value, free in (
+      ("num_folds", data_config.num_folds, 0),
+      ("split_by", data_config.split_by, "example"),
+    ):
+      if value != free:
+        raise ValueError(
+          f"config.data.{field}={value!r} re-splits the data, but this source has its own fixed "
+          f"split ({source.description}); set config.data.{field}={free!r}"
+        )
+    splits = dict(source.fixed_splits)
+  else:
+    splits = splits_lib.split_indices(
+      source.labels,
+      source.groups,
+      val_fraction=data_config.val_fraction,
+      test_fraction=data_config.test_fraction,
+      split_by=data_config.split_by,
+      num_folds=data_config.num_folds,
+      fold=data_config.fold,
+      test_groups=tuple(data_config.test_groups),
+      seed=seed,
+    )
+    for name, fraction in (("val", data_config.val_fraction), ("test", data_config.test_fraction)):
+      if fraction > 0 and len(splits[name]) == 0:
+        raise ValueError(
+          f"config.data.{name}_fraction={fraction} but the {name} split is empty "
+          f"({len(source.records)} examples, split_by={data_config.split_by!r}); add data or "
+          f"raise {name}_fraction"
+        )
   if len(splits["train"]) == 0:
     raise ValueError(f"the train split is empty ({len(source.records)} examples); add data")
+  _warn_missing_classes(source, splits)
   dataset = Dataset(
     source=source,
     splits=splits,
@@ -181,8 +252,27 @@ def build(data_config: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     num_workers=data_config.num_workers,
     num_threads=data_config.num_threads,
   )
-  logging.info("data: %s", dataset.description)
+  log.info("data: %s", dataset.description)
   return dataset
+
+
+def _warn_missing_classes(source: Source, splits: dict[str, np.ndarray]) -> None:
+  """Warns, per non-empty split, about the classes it has no example of: their per-class
+  figures there are undefined and they pull macro averages down."""
+  for name in splits_lib.SPLIT_NAMES:
+    if len(splits[name]) == 0:
+      continue
+    labels = source.labels[splits[name]]
+    counts = splits_lib.class_counts(labels, num_classes=len(source.class_names))
+    missing = [source.class_names[label] for label in np.flatnonzero(counts == 0)]
+    if missing:
+      log.warning(
+        "the %s split has no example of class(es) %s, so their %s figures are undefined; add "
+        "images of them or change the split",
+        name,
+        ", ".join(missing),
+        name,
+      )
 
 
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:

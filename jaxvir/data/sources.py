@@ -39,6 +39,11 @@ class Source:
     class_names: the name of each class; labels index into it.
     description: a human-readable sentence saying which data this is; printed by every run.
     num_unreadable: files that could not be decoded and were left out (folder sources).
+    fixed_splits: the data's own {"train", "val", "test"} -> record indices (e.g. the authors'
+      split folders); `jaxvir.data.build` uses them instead of splitting. None: split by seed.
+    domains: optional int domain per record (e.g. the cell line of a cell-culture photo), an
+      index into `domain_names`; a second label, not used for splitting.
+    domain_names: the name of each domain.
   """
 
   records: RandomAccessRecords
@@ -47,6 +52,9 @@ class Source:
   class_names: tuple[str, ...]
   description: str
   num_unreadable: int = 0
+  fixed_splits: dict[str, np.ndarray] | None = None
+  domains: np.ndarray | None = None
+  domain_names: tuple[str, ...] = ()
 
   def __post_init__(self):
     labels = np.asarray(self.labels)
@@ -70,6 +78,30 @@ class Source:
       if groups.shape != labels.shape:
         raise ValueError(f"Source.groups has shape {groups.shape}, labels {labels.shape}")
       object.__setattr__(self, "groups", groups)
+    if self.domains is not None:
+      domains = np.asarray(self.domains)
+      if domains.shape != labels.shape or (
+        len(domains) and not 0 <= domains.min() <= domains.max() < len(self.domain_names)
+      ):
+        raise ValueError(
+          f"Source.domains must hold one index into domain_names {tuple(self.domain_names)} per "
+          f"record, got shape {domains.shape}"
+        )
+      object.__setattr__(self, "domains", domains.astype(np.int32))
+    object.__setattr__(self, "domain_names", tuple(self.domain_names))
+    if self.fixed_splits is not None:
+      if sorted(self.fixed_splits) != sorted(("train", "val", "test")):
+        raise ValueError(
+          f"Source.fixed_splits needs the keys train, val and test, got {sorted(self.fixed_splits)}"
+        )
+      joined = np.sort(np.concatenate([np.asarray(v) for v in self.fixed_splits.values()]))
+      if not np.array_equal(joined, np.arange(len(labels))):
+        raise ValueError("Source.fixed_splits must partition the records (each index once)")
+      object.__setattr__(
+        self,
+        "fixed_splits",
+        {name: np.sort(np.asarray(v, np.int64)) for name, v in self.fixed_splits.items()},
+      )
 
 
 class ArrayRecords:
@@ -106,6 +138,9 @@ class ArraySource(Source):
     class_names: Sequence[str],
     description: str,
     groups: Sequence[Any] | np.ndarray | None = None,
+    domains: Sequence[int] | np.ndarray | None = None,
+    domain_names: Sequence[str] = (),
+    fixed_splits: dict[str, np.ndarray] | None = None,
   ):
     """Wraps uint8 NHWC `images` and their integer `labels`.
 
@@ -115,6 +150,9 @@ class ArraySource(Source):
       class_names: the name of each class.
       description: which data this is, shown to the user.
       groups: optional N group ids (e.g. patient) for `split_by="group"`.
+      domains: optional N indices into `domain_names` (e.g. the cell line of each image).
+      domain_names: the name of each domain.
+      fixed_splits: optional {"train", "val", "test"} -> indices, used instead of splitting.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -129,6 +167,9 @@ class ArraySource(Source):
       groups=None if groups is None else np.asarray(groups),
       class_names=tuple(class_names),
       description=description,
+      fixed_splits=fixed_splits,
+      domains=None if domains is None else np.asarray(domains),
+      domain_names=tuple(domain_names),
     )
 
 

@@ -35,7 +35,7 @@ from jaxvir import (
   xla,
 )
 from jaxvir import run as run_lib
-from jaxvir.data import folder_builder
+from jaxvir.data import folder_builder, preprocess
 from jaxvir.errors import ConfigError, DataError
 from jaxvir.trainers import registry
 
@@ -483,6 +483,7 @@ def predict(workdir, config, paths, *, checkpoint: str | int, chunk_size: int = 
   restored = restore(workdir, checkpoint_name=checkpoint, config=config)
   class_names = list(restored.dataset.class_names)
   height, width, channels = restored.dataset.image_shape
+  hooks = preprocess.resolve(restored.config.data)
   files = folder_builder.list_image_files(paths)
   rows = []
   for start in range(0, len(files), chunk_size):
@@ -493,7 +494,9 @@ def predict(workdir, config, paths, *, checkpoint: str | int, chunk_size: int = 
       try:
         # Decoded exactly as the folder data source decodes its training images.
         images.append(
-          folder_builder.decode_image(path, image_size=(height, width), channels=channels)
+          folder_builder.decode_image(
+            path, image_size=(height, width), channels=channels, preprocess=hooks
+          )
         )
       # PIL raises OSError subclasses for missing, unknown and truncated files.
       except (OSError, ValueError, Image.DecompressionBombError) as error:
