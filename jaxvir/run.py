@@ -257,7 +257,8 @@ class EarlyStopping:
   """Tracks the best value of a monitored metric and the evaluations without improvement.
 
   Among equally good evaluations the latest is the best (as Orbax's `BestN` keeps it); only a
-  strict improvement resets the count. Saved in checkpoints as `to_dict()`.
+  strict improvement resets the count. Checkpoints keep `to_dict()`, which restores as
+  `EarlyStopping(mode=..., patience=..., **saved)`.
 
   Example:
     >>> stopping = EarlyStopping(mode="min", patience=2)
@@ -288,7 +289,8 @@ class EarlyStopping:
     return bool(self.patience) and self.bad >= self.patience
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The progress (not the settings, which come from the config) for a checkpoint."""
+    return {"best": self.best, "best_step": self.best_step, "bad": self.bad}
 
 
 # Checkpoints.

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from jaxvir import evaluate, metrics
+from jaxvir import cli, compare, metrics, report
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
 
@@ -26,18 +26,18 @@ def _write_run(workdir, *, seed, freeze, splits=("test",)):
   labels = rng.integers(0, 2, size=40)
   probs = rng.dirichlet(np.ones(2), size=40)
   probs[np.arange(40), labels] += 0.3 * seed
-  report = {"format": evaluate.REPORT_FORMAT, "splits": {}}
+  content = {"format": report.REPORT_FORMAT, "splits": {}}
   for split in splits:
-    report["splits"][split] = {
+    content["splits"][split] = {
       "split": split,
       "task": "classification",
       "metrics": metrics.classification_report(labels, probs, n_bootstrap=50),
     }
   workdir.mkdir()
-  (workdir / "report.json").write_text(json.dumps(report))
+  (workdir / "report.json").write_text(json.dumps(content))
   config = {"model": {"name": "vgg16"}, "freeze": {"patterns": freeze}}
   (workdir / "config.json").write_text(json.dumps(config))
-  return report
+  return content
 
 
 def test_compare_prints_and_writes_csv_and_markdown(tmp_path, compare_script, capsys):
@@ -45,7 +45,7 @@ def test_compare_prints_and_writes_csv_and_markdown(tmp_path, compare_script, ca
   second = _write_run(tmp_path / "ft5", seed=2, freeze=[])
   count_run = tmp_path / "twinvae"
   count_run.mkdir()
-  evaluate.write_count_report(
+  report.write_counting(
     count_run, true_counts=[1, 2, 3], predicted_counts=[1, 2, 4.2], split="test", n_bootstrap=20
   )
   out = tmp_path / "results" / "ablation"
@@ -84,12 +84,18 @@ def test_compare_prints_and_writes_csv_and_markdown(tmp_path, compare_script, ca
 def test_compare_chooses_and_checks_the_split(tmp_path, compare_script, capsys):
   _write_run(tmp_path / "a", seed=1, freeze=[], splits=("val",))
   _write_run(tmp_path / "b", seed=2, freeze=[], splits=("val", "test"))
-  rows = evaluate.compare_runs([tmp_path / "a", tmp_path / "b"])
+  rows, skipped = compare.compare_runs([tmp_path / "a", tmp_path / "b"])
   assert [row["split"] for row in rows] == ["val", "test"]
-  status = compare_script.main(
+  status = cli.run_command(lambda: compare_script.main(
     [str(tmp_path / "a"), "--split", "test", "--out", str(tmp_path / "x")]
-  )
+  ))
   assert status == 1
   assert "has no 'test' split (it has ['val'])" in capsys.readouterr().err
-  assert compare_script.main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
-  assert "evaluate the run first" in capsys.readouterr().err
+  # A run that cannot be read is skipped with its cause; the others are still compared.
+  status = compare_script.main(
+    [str(tmp_path / "missing"), str(tmp_path / "b"), "--out", str(tmp_path / "x")]
+  )
+  assert status == 0
+  captured = capsys.readouterr()
+  assert "skipped" in captured.err and "evaluate the run first" in captured.err
+  assert "b  " in captured.out

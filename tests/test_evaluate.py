@@ -1,4 +1,4 @@
-"""jaxvir.evaluate: report.json and plots written into a run's workdir."""
+"""jaxvir.report (report.json and plots) and jaxvir.evaluate (evaluate and predict any run)."""
 
 import csv
 import importlib.util
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvir import evaluate, metrics
+from jaxvir import cli, evaluate, metrics, report
+from jaxvir.data import folder_builder
+from jaxvir.trainers import classifier
 
 CLASS_NAMES = ["covid", "pneumonia", "normal"]
 
@@ -31,7 +33,7 @@ def test_write_report_writes_json_and_plots(tmp_path):
       for split in ("train", "val")
     )
   )
-  entry = evaluate.write_report(
+  entry = report.write_classification(
     tmp_path,
     labels=labels,
     probs=probs,
@@ -40,9 +42,9 @@ def test_write_report_writes_json_and_plots(tmp_path):
     extra={"checkpoint_step": np.int64(120)},
     n_bootstrap=100,
   )
-  report = evaluate.read_report(tmp_path)
-  assert report["format"] == evaluate.REPORT_FORMAT
-  stored = report["splits"]["test"]
+  content = report.read(tmp_path)
+  assert content["format"] == report.REPORT_FORMAT
+  stored = content["splits"]["test"]
   assert stored == entry
   assert stored["task"] == "classification" and stored["checkpoint_step"] == 120
   expected = metrics.classification_report(labels, probs, class_names=CLASS_NAMES, n_bootstrap=100)
@@ -55,23 +57,23 @@ def test_write_report_writes_json_and_plots(tmp_path):
 
 def test_reports_of_several_splits_are_kept(tmp_path):
   labels, probs = _classification_outputs(1, 12)
-  evaluate.write_report(
+  report.write_classification(
     tmp_path, labels=labels, probs=probs, class_names=CLASS_NAMES, split="val", n_bootstrap=10
   )
-  evaluate.write_count_report(
+  report.write_counting(
     tmp_path,
     true_counts=[3, 5, 0],
     predicted_counts=[3.2, 4.4, 0.1],
     split="nat_test",
     n_bootstrap=10,
   )
-  splits = evaluate.read_report(tmp_path)["splits"]
+  splits = report.read(tmp_path)["splits"]
   assert sorted(splits) == ["nat_test", "val"]
   assert splits["nat_test"]["task"] == "counting"
   assert splits["nat_test"]["metrics"]["accuracy"] == pytest.approx(2 / 3)
   assert (tmp_path / "plots" / "nat_test" / "counts.png").stat().st_size > 1000
   # Evaluating a split again replaces its entry and keeps the others.
-  evaluate.write_count_report(
+  report.write_counting(
     tmp_path,
     true_counts=[3],
     predicted_counts=[3.0],
@@ -79,7 +81,7 @@ def test_reports_of_several_splits_are_kept(tmp_path):
     n_bootstrap=10,
     extra={"checkpoint": "last"},
   )
-  splits = evaluate.read_report(tmp_path)["splits"]
+  splits = report.read(tmp_path)["splits"]
   assert splits["nat_test"]["checkpoint"] == "last" and splits["nat_test"]["metrics"]["mae"] == 0
   assert splits["val"]["task"] == "classification"
 
@@ -87,18 +89,18 @@ def test_reports_of_several_splits_are_kept(tmp_path):
 def test_bad_arguments_raise_clear_errors(tmp_path):
   labels, probs = _classification_outputs(2, 6)
   with pytest.raises(ValueError, match="split must be"):
-    evaluate.write_report(
+    report.write_classification(
       tmp_path, labels=labels, probs=probs, class_names=CLASS_NAMES, split="../x"
     )
   with pytest.raises(ValueError, match=r"extra must not set the report's own fields \['task'\]"):
-    evaluate.write_count_report(
+    report.write_counting(
       tmp_path, true_counts=[1], predicted_counts=[1], split="t", extra={"task": "x"}, n_bootstrap=5
     )
   with pytest.raises(FileNotFoundError, match="evaluate the run first"):
-    evaluate.read_report(tmp_path / "missing")
+    report.read(tmp_path / "missing")
   (tmp_path / "report.json").write_text("{}")
   with pytest.raises(ValueError, match="no 'splits' object"):
-    evaluate.read_report(tmp_path)
+    report.read(tmp_path)
 
 
 DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -110,7 +112,7 @@ def test_list_image_files(tmp_path):
   Image.fromarray(np.full((10, 20, 3), 200, np.uint8)).save(folder / "nested" / "b.PNG")
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a.jpg")
   (folder / "notes.txt").write_text("not an image")
-  files = evaluate.list_image_files([folder, tmp_path / "missing.png"])
+  files = folder_builder.list_image_files([folder, tmp_path / "missing.png"])
   assert files == [folder / "a.jpg", folder / "nested" / "b.PNG", tmp_path / "missing.png"]
 
 
@@ -142,20 +144,21 @@ def trained_run(tmp_path_factory):
 def test_evaluate_script_writes_report(trained_run, capsys):
   script = _load_script("evaluate")
   assert script.main(["--workdir", str(trained_run), "--split", "val", "--checkpoint", "last"]) == 0
-  assert '"split": "val"' in capsys.readouterr().out
-  entry = evaluate.read_report(trained_run)["splits"]["val"]
-  report = entry["metrics"]
-  assert report["num_samples"] == sum(
-    report["per_class"][n]["support"] for n in report["class_names"]
+  assert "val: accuracy" in capsys.readouterr().out
+  entry = report.read(trained_run)["splits"]["val"]
+  content = entry["metrics"]
+  assert content["num_samples"] == sum(
+    content["per_class"][n]["support"] for n in content["class_names"]
   )
   # The report's accuracy is the one the training loop logged for the same checkpoint.
   logged = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
   logged_val = [record for record in logged if record["split"] == "val"][-1]
-  assert report["accuracy"] == pytest.approx(logged_val["accuracy"])
+  assert content["accuracy"] == pytest.approx(logged_val["accuracy"])
   assert entry["checkpoint_step"] == logged_val["step"]
   assert (trained_run / "plots" / "val" / "roc.png").is_file()
-  assert script.main(["--workdir", str(trained_run), "--checkpoint", "12345"]) == 1
-  assert "no checkpoint" in capsys.readouterr().err
+  assert cli.run_command(lambda: script.main(
+    ["--workdir", str(trained_run), "--checkpoint", "12345"])) == 1
+  assert "there is no checkpoint 12345" in capsys.readouterr().err
 
 
 def test_predict_writes_csv_with_errors_for_unreadable_files(trained_run, tmp_path):
@@ -180,13 +183,10 @@ def test_predict_writes_csv_with_errors_for_unreadable_files(trained_run, tmp_pa
     "missing.png",
     xray.name,
   ]
-  run = evaluate.load_classifier(trained_run, checkpoint="last")
+  run = classifier.restore(trained_run, checkpoint_name="last")
   names = list(run.dataset.class_names)
   assert list(rows[0]) == ["path", "predicted_class", *(f"prob_{n}" for n in names), "error"]
-  from jaxvir import train
-  from jaxvir.data import folder_builder
-
-  expected = train.predict_images(
+  expected = classifier.predict_images(
     run,
     np.stack(
       [

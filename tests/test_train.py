@@ -11,6 +11,7 @@ import pytest
 
 from jaxvir import config as config_lib
 from jaxvir import train
+from jaxvir.errors import NonFiniteLossError, WorkdirError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
@@ -75,6 +76,11 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   assert len(metric_lines(killed)) < len(metric_lines(reference))
   train.train_and_evaluate(tiny_config(), killed)  # the same command again resumes
   resumed_lines = metric_lines(killed)
+  # An epoch redone after the kill is logged once, and no checkpoint outlives `keep` (+ best).
+  keys = [(line["step"], line["split"]) for line in resumed_lines]
+  assert len(keys) == len(set(keys))
+  kept = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(kept) <= tiny_config().checkpoint.keep + 1, kept
   # A killed epoch may have logged before dying; the last line of each epoch is what counts.
   final = {(line["epoch"], line["split"]): line for line in without_speed(resumed_lines)}
   expected = {
@@ -92,8 +98,8 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny_config()
   config.freeze.thaw = ()
   config.optim.learning_rate = 1e30
-  with pytest.raises(train.NonFiniteLossError, match="NaN or infinite"):
-    train.train_and_evaluate(config, tmp_path)
+  with pytest.raises(NonFiniteLossError, match="NaN or infinite"):
+    train.train_and_evaluate(config, tmp_path, accept_changes=True)
   after = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert after == good
 
@@ -130,3 +136,78 @@ def test_runlocal_learns_the_embedded_data(tmp_path):
   assert "EMBEDDED SYNTHETIC" in results["data"]
   assert results["test"]["metrics"]["accuracy"] > 0.95
   assert (tmp_path / "report.json").exists() or list(tmp_path.glob("report*.json"))
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+  config = tiny_config()
+  config.freeze.thaw = ()
+  config.checkpoint.keep = 3
+  config.train.epochs = 2
+  train.train_and_evaluate(config, tmp_path)
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  newest = tmp_path / "checkpoints" / str(steps[-1])
+  largest = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+  with caplog.at_level("WARNING", logger="jaxvir"):
+    results = train.train_and_evaluate(config, tmp_path)
+  skipped = [r.getMessage() for r in caplog.records if "could not be restored" in r.getMessage()]
+  assert len(skipped) == 1 and f"checkpoint {steps[-1]} " in skipped[0]
+  assert (tmp_path / "damaged_checkpoints").is_dir()
+  assert "test" in results
+  epochs = [line["epoch"] for line in metric_lines(tmp_path) if line["split"] == "val"]
+  assert epochs == [1, 2]  # epoch 2 redone from epoch 1's checkpoint, logged once
+
+
+def test_a_rerun_with_other_settings_stops_and_lists_the_changes(tmp_path):
+  config = tiny_config()
+  config.freeze.thaw = ()
+  config.train.epochs = 1
+  train.train_and_evaluate(config, tmp_path)
+  saved = (tmp_path / "config.json").read_text()
+  changed = tiny_config()
+  changed.freeze.thaw = ()
+  changed.train.epochs = 1
+  changed.optim.learning_rate = 1e30
+  changed.eval.batch_size = 32  # harmless: recorded, never blocks
+  with pytest.raises(WorkdirError, match=r"optim\.learning_rate: 0\.003 -> 1e\+30"):
+    train.train_and_evaluate(changed, tmp_path)
+  assert (tmp_path / "config.json").read_text() == saved
+  changed.optim.learning_rate = 0.002
+  train.train_and_evaluate(changed, tmp_path, accept_changes=True)
+  assert json.loads((tmp_path / "config.json").read_text())["optim"]["learning_rate"] == 0.002
+  record = json.loads((tmp_path / "config_changes.jsonl").read_text().splitlines()[-1])
+  assert record["changes"]["optim.learning_rate"] == [0.003, 0.002]
+  assert record["accepted"] == ["optim.learning_rate"]
+  assert "eval.batch_size" in record["changes"]
+
+
+def test_redirected_output_logs_true_steps(tmp_path, caplog):
+  config = tiny_config()
+  config.freeze.thaw = ()
+  config.train.epochs = 1
+  config.train.log_every_steps = 4
+  with caplog.at_level("INFO", logger="jaxvir"):
+    train.train_and_evaluate(config, tmp_path)
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+  total = 256 * 7 // 10 // 16  # the training split's batches (70% of 256 images)
+  steps = [int(line.split()[1].split("/")[0]) for line in lines]
+  assert steps == [*range(4, total + 1, 4), *([total] if total % 4 else [])]
+  assert all("img/s" in line and "ETA" in line for line in lines)
+
+
+def test_a_freeze_pattern_that_matches_nothing_leaves_no_workdir(tmp_path):
+  config = tiny_config()
+  config.freeze.patterns = ("nothing/.*",)
+  with pytest.raises(ValueError, match="nothing"):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def test_user_errors_print_one_line_without_a_traceback(tmp_path):
+  command = [sys.executable, str(ROOT / "scripts" / "train.py"),
+             f"--config={ROOT / 'configs' / 'classify_folder.py'}:runlocal",
+             f"--workdir={tmp_path / 'run'}", "--config.model.name=resnet5"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert "error: config.model.name: unknown model 'resnet5'" in result.stderr
