@@ -33,8 +33,9 @@ from flax import nnx
 from torch_models import ARCHS, jaxvir_weights, numpy_images, torch_model
 
 from jaxvir import config as config_lib
-from jaxvir import convert, models, optim, parallel, prefix_cache, steps, tasks, xla
+from jaxvir import models, optim, parallel, prefix_cache, steps, tasks, xla
 from jaxvir.models import layers, presets
+from jaxvir.models.weights import CONVERTED, model_targets
 
 LEARNING_RATE = 1e-3
 MOMENTUM = 0.9
@@ -105,9 +106,9 @@ def _is_abstract(tree) -> bool:
 def load_torch_weights(model, torch_net: torch.nn.Module, arch: str) -> dict[str, str]:
   """Fills an abstract jaxvir model with the torch model's weights (in place, as
   `load_pretrained` does); returns the torch name of every jaxvir path."""
-  targets, _ = convert.model_targets(model)
+  targets, _ = model_targets(model)
   weights, torch_names = jaxvir_weights(torch_net, arch, targets)
-  state = nnx.state(model, convert.CONVERTED)
+  state = nnx.state(model, CONVERTED)
   for path, variable in nnx.to_flat_state(state):
     variable.set_value(jnp.asarray(weights["/".join(map(str, path))]))
   nnx.update(model, state)

@@ -46,17 +46,17 @@ def jaxvir_weights(model: nn.Module, arch: str, targets: dict) -> tuple[dict, di
   Args:
     model: a `torch_model(arch)`.
     arch: its name.
-    targets: jaxvir variable shapes by path (`jaxvir.convert.model_targets`).
+    targets: jaxvir variable shapes by path (`jaxvir.models.weights.model_targets`).
 
   Returns:
     `({jaxvir path: float32 array}, {jaxvir path: torch parameter name})`.
   """
-  from jaxvir import convert
+  from jaxvir.models.weights import apply_rules, rule_table
 
-  table = convert.rule_table(arch, "torchvision")
+  table = rule_table(arch, "torchvision")
   rules = table.rules + table.head
   tensors = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-  weights = convert.apply_rules(tensors, rules, targets=targets, ignore=table.ignore)
+  weights = apply_rules(tensors, rules, targets=targets, ignore=table.ignore)
   return weights, {rule.target: rule.source for rule in rules}
 
 

@@ -1,4 +1,4 @@
-"""DenseNet parity with torchvision's and Keras' architectures through jaxvir.convert."""
+"""DenseNet parity with torchvision's and Keras' architectures through jaxvir.models.weights."""
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +9,10 @@ from flax import nnx
 from references import keras_application, keras_stage_outputs, nhwc, save_keras_legacy_h5
 from references_densenet import TorchDenseNet, legacy_state_dict, torch_densenet
 
-from jaxvir import convert, models
-from jaxvir.models import densenet
+from jaxvir import models
+from jaxvir.models import densenet, weights
 from jaxvir.models.pretrained import load_pretrained
+from jaxvir.models.weights import rules, tables
 
 PARAMETER_COUNTS = {"densenet121": 7_978_856, "densenet169": 14_149_480, "densenet201": 20_013_928}
 KERAS_NAMES = {
@@ -71,7 +72,7 @@ def test_reference_parameter_counts_match_torchvision():
 def convert_torch(state_dict, tmp_path, arch: str):
   path = tmp_path / f"{arch}.pth"
   torch.save(state_dict, path)
-  metadata = convert.convert(source="torchvision", arch=arch, weights=path, out=tmp_path / "out")
+  metadata = weights.convert(source="torchvision", arch=arch, weights=path, out=tmp_path / "out")
   assert metadata["variant"] == "torchvision" and metadata["preprocessing"] == "torch"
   return metadata, *load_pretrained(tmp_path / "out")
 
@@ -100,11 +101,11 @@ def test_densenet169_conversion_fills_every_variable_exactly_once():
   # DenseNet-169 differs from 121 and 201 (tested end to end) only in its block lengths.
   reference = TorchDenseNet(densenet.BLOCK_LAYERS["densenet169"])
   tensors = {k: v.numpy() for k, v in reference.state_dict().items()}
-  table = convert.rule_table("densenet169", "torchvision")
+  table = weights.rule_table("densenet169", "torchvision")
   model = nnx.eval_shape(lambda: models.create("densenet169", rngs=nnx.Rngs(0)))
-  targets, param_count = convert.model_targets(model)
+  targets, param_count = weights.model_targets(model)
   assert param_count == PARAMETER_COUNTS["densenet169"]
-  filled = convert.apply_rules(
+  filled = weights.apply_rules(
     tensors, table.rules + table.head, targets=targets, ignore=table.ignore
   )
   name = "features.denseblock3.denselayer32.conv1.weight"
@@ -119,18 +120,18 @@ def test_old_torchvision_keys_give_the_same_weights(tmp_path):
   current, old = tmp_path / "current.pth", tmp_path / "old.pth"
   torch.save(reference.state_dict(), current)
   torch.save(legacy_state_dict(reference.state_dict()), old)
-  table = convert.rule_table("densenet121", "torchvision")
+  table = weights.rule_table("densenet121", "torchvision")
   model = nnx.eval_shape(lambda: models.create("densenet121", num_classes=3, rngs=nnx.Rngs(0)))
-  targets, _ = convert.model_targets(model)
-  convert_file = lambda tensors: convert.apply_rules(
+  targets, _ = weights.model_targets(model)
+  convert_file = lambda tensors: weights.apply_rules(
     tensors, table.rules + table.head, targets=targets, ignore=table.ignore
   )
-  old_tensors = convert.read_weights(old)
+  old_tensors = weights.read_weights(old)
   assert "features.denseblock1.denselayer1.norm.1.weight" in old_tensors
-  with pytest.raises(convert.ConversionError, match="norm.1.weight"):
+  with pytest.raises(weights.ConversionError, match="norm.1.weight"):
     convert_file(old_tensors)
-  expected = convert_file(convert.read_weights(current))
-  actual = convert_file(densenet.rename_legacy_torchvision_keys(old_tensors))
+  expected = convert_file(weights.read_weights(current))
+  actual = convert_file(rules.rename_tensors(old_tensors, table.renames))
   assert actual.keys() == expected.keys()
   for path, array in expected.items():
     np.testing.assert_array_equal(actual[path], array, path)
@@ -142,7 +143,7 @@ def test_legacy_key_renaming():
     "features.denseblock2.denselayer11.conv.1.weight": 2,
     "features.transition1.norm.weight": 3,
   }
-  assert densenet.rename_legacy_torchvision_keys(tensors) == {
+  assert rules.rename_tensors(tensors, tables.DENSENET_LEGACY_RENAMES) == {
     "features.denseblock2.denselayer11.norm2.running_var": 1,
     "features.denseblock2.denselayer11.conv1.weight": 2,
     "features.transition1.norm.weight": 3,
@@ -154,11 +155,11 @@ def test_keras_parity_from_both_file_layouts(tmp_path):
   legacy, keras3 = tmp_path / "densenet121.h5", tmp_path / "densenet121.weights.h5"
   save_keras_legacy_h5(reference, legacy)
   reference.save_weights(keras3)
-  legacy_tensors, keras3_tensors = convert.read_weights(legacy), convert.read_weights(keras3)
+  legacy_tensors, keras3_tensors = weights.read_weights(legacy), weights.read_weights(keras3)
   assert legacy_tensors.keys() == keras3_tensors.keys()
   for name, array in legacy_tensors.items():
     np.testing.assert_array_equal(keras3_tensors[name], array, name)
-  metadata = convert.convert(source="keras", arch="densenet121", weights=keras3, out=tmp_path / "o")
+  metadata = weights.convert(source="keras", arch="densenet121", weights=keras3, out=tmp_path / "o")
   assert metadata["num_classes"] == 5 and metadata["preprocessing"] == "torch"
   assert metadata["variant"] == "keras"
   model, preprocess = load_pretrained(tmp_path / "o")
@@ -254,8 +255,8 @@ def test_bad_variant_and_leftover_tensors_are_reported(tmp_path):
   state = reference.state_dict() | {"features.extra.weight": torch.zeros(1)}
   del state["features.norm5.running_var"]
   torch.save(state, tmp_path / "bad.pth")
-  with pytest.raises(convert.ConversionError) as error:
-    convert.convert(
+  with pytest.raises(weights.ConversionError) as error:
+    weights.convert(
       source="torchvision", arch="densenet121", weights=tmp_path / "bad.pth", out=tmp_path / "out"
     )
   assert "features.norm5.running_var" in str(error.value)

@@ -10,8 +10,8 @@ from flax import nnx
 from references import TorchResNet50, torch_random
 
 from jaxvir import config as config_lib
-from jaxvir import convert, train
-from jaxvir.models import layers
+from jaxvir import train
+from jaxvir.models import layers, weights
 from jaxvir.models.pretrained import load_pretrained
 
 
@@ -20,7 +20,7 @@ def converted(tmp_path_factory):
   directory = tmp_path_factory.mktemp("pretrained")
   reference = torch_random(lambda: TorchResNet50(num_classes=10), seed=0)
   torch.save(reference.state_dict(), directory / "resnet50.pth")
-  convert.convert(
+  weights.convert(
     source="torchvision",
     arch="resnet50",
     weights=directory / "resnet50.pth",

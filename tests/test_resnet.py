@@ -1,4 +1,4 @@
-"""ResNet-50 parity with torchvision's and Keras' architectures through jaxvir.convert."""
+"""ResNet-50 parity with torchvision's and Keras' architectures through jaxvir.models.weights."""
 
 import re
 
@@ -20,8 +20,8 @@ from references import (
   save_keras_legacy_h5,
 )
 
-from jaxvir import convert, models
-from jaxvir.models import resnet
+from jaxvir import models
+from jaxvir.models import resnet, weights
 from jaxvir.models.pretrained import load_pretrained
 
 KERAS_STAGE_LAYERS = {
@@ -42,14 +42,14 @@ def assert_stages_close(actual, expected):
 def test_torchvision_parameter_count_matches_torchvision():
   assert sum(p.numel() for p in TorchResNet50().parameters()) == 25_557_032
   model = nnx.eval_shape(lambda: models.create("resnet50", rngs=nnx.Rngs(0)))
-  assert convert.model_targets(model)[1] == 25_557_032
+  assert weights.model_targets(model)[1] == 25_557_032
 
 
 def test_torchvision_parity_full_size(tmp_path):
   torch.manual_seed(0)
   reference = randomise_batch_norms(TorchResNet50(num_classes=1000), seed=1).eval()
   torch.save(reference.state_dict(), tmp_path / "resnet50.pth")
-  convert.convert(
+  weights.convert(
     source="torchvision", arch="resnet50", weights=tmp_path / "resnet50.pth", out=tmp_path / "out"
   )
   model, preprocess = load_pretrained(tmp_path / "out")
@@ -66,12 +66,12 @@ def test_keras_parity_from_both_file_layouts(tmp_path):
   reference = keras_application("ResNet50", seed=2, input_shape=(64, 64, 3), classes=7)
   save_keras_legacy_h5(reference, tmp_path / "resnet50.h5")
   reference.save_weights(tmp_path / "resnet50.weights.h5")
-  legacy = convert.read_weights(tmp_path / "resnet50.h5")
-  keras3 = convert.read_weights(tmp_path / "resnet50.weights.h5")
+  legacy = weights.read_weights(tmp_path / "resnet50.h5")
+  keras3 = weights.read_weights(tmp_path / "resnet50.weights.h5")
   assert legacy.keys() == keras3.keys() and "conv2_block1_0_bn/moving_variance" in legacy
   for name, value in legacy.items():
     np.testing.assert_array_equal(value, keras3[name], err_msg=name)
-  metadata = convert.convert(
+  metadata = weights.convert(
     source="keras", arch="resnet50", weights=tmp_path / "resnet50.h5", out=tmp_path / "out"
   )
   assert metadata["num_classes"] == 7 and metadata["preprocessing"] == "caffe"

@@ -1,4 +1,4 @@
-"""VGG-16/19 (with and without BatchNorm) parity with torchvision and Keras via jaxvir.convert."""
+"""VGG-16/19 (with and without BatchNorm) parity with torchvision and Keras via the converter."""
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,8 @@ from references import (
   torch_random,
 )
 
-from jaxvir import convert, models
+from jaxvir import models
+from jaxvir.models import weights
 from jaxvir.models.pretrained import load_pretrained
 
 PARAMETER_COUNTS = {
@@ -38,13 +39,13 @@ def test_parameter_counts_match_torchvision(arch):
   with torch.device("meta"):
     reference = TorchVGG(arch.removesuffix("_bn"), batch_norm=arch.endswith("_bn"))
   assert sum(p.numel() for p in reference.parameters()) == PARAMETER_COUNTS[arch]
-  assert convert.model_targets(abstract_vgg(arch))[1] == PARAMETER_COUNTS[arch]
+  assert weights.model_targets(abstract_vgg(arch))[1] == PARAMETER_COUNTS[arch]
 
 
 def test_torchvision_vgg16_full_size_logits(tmp_path):
   reference = torch_random(lambda: TorchVGG("vgg16", batch_norm=False, num_classes=10), seed=0)
   torch.save(reference.state_dict(), tmp_path / "vgg16.pth")
-  metadata = convert.convert(
+  metadata = weights.convert(
     source="torchvision", arch="vgg16", weights=tmp_path / "vgg16.pth", out=tmp_path / "out"
   )
   assert metadata["param_count"] == PARAMETER_COUNTS["vgg16"] - 4096 * 990 - 990
@@ -74,14 +75,14 @@ def converted_model(tensors, arch, source, *, blocks_only, **kwargs):
   With `blocks_only`, only the convolution blocks are converted (from a features-only file);
   the classifier is left at zero.
   """
-  table = convert.rule_table(arch, source)
+  table = weights.rule_table(arch, source)
   model = abstract_vgg(arch, **kwargs)
-  targets = convert.model_targets(model)[0]
+  targets = weights.model_targets(model)[0]
   if blocks_only:
     targets = {path: shape for path, shape in targets.items() if path.split("/")[0] in BLOCKS}
   rules = [rule for rule in table.rules + table.top + table.head if rule.target in targets]
-  filled = convert.apply_rules(tensors, rules, targets=targets, ignore=table.ignore)
-  state = nnx.state(model, convert.CONVERTED)
+  filled = weights.apply_rules(tensors, rules, targets=targets, ignore=table.ignore)
+  state = nnx.state(model, weights.CONVERTED)
   for path, variable in nnx.to_flat_state(state):
     name = "/".join(map(str, path))
     variable.set_value(jnp.asarray(filled[name]) if name in filled else jnp.zeros(variable.shape))
@@ -116,7 +117,7 @@ def test_torchvision_blocks_small_input(arch):
 def test_keras_vgg16_full_size_logits(tmp_path):
   reference = keras_application("VGG16", seed=2, classes=10)
   save_keras_legacy_h5(reference, tmp_path / "vgg16.h5")
-  tensors = convert.read_weights(tmp_path / "vgg16.h5")
+  tensors = weights.read_weights(tmp_path / "vgg16.h5")
   model = converted_model(
     tensors, "vgg16", "keras", blocks_only=False, variant="keras", num_classes=10
   )
@@ -134,7 +135,7 @@ def test_keras_notop_vgg19_file_converts_and_loads_with_a_fresh_classifier(tmp_p
   # `include_top=False` in the legacy layout: the "notop" file keras.applications downloads.
   reference = keras_application("VGG19", seed=3, include_top=False, input_shape=(32, 32, 3))
   save_keras_legacy_h5(reference, tmp_path / "vgg19_notop.h5")
-  metadata = convert.convert(
+  metadata = weights.convert(
     source="keras", arch="vgg19", weights=tmp_path / "vgg19_notop.h5", out=tmp_path / "vgg19"
   )
   assert metadata["num_classes"] is None
@@ -168,7 +169,7 @@ def test_keras_has_no_batch_norm_variant_and_stages_are_named():
     abstract_vgg("vgg16_bn", variant="keras")
   model = abstract_vgg("vgg19_bn")
   assert model.stage_names == (*BLOCKS, "classifier", "head")
-  paths = convert.model_targets(model)[0]
+  paths = weights.model_targets(model)[0]
   assert {"block3/conv4/kernel", "block3/bn4/var", "classifier/fc1/kernel", "head/bias"} <= set(
     paths
   )

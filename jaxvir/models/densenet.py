@@ -1,4 +1,6 @@
-"""DenseNet-121/169/201 as in torchvision and Keras applications, with their weight rule tables.
+"""DenseNet-121/169/201 as in torchvision and Keras applications.
+
+Their weight rule tables are in `jaxvir.models.weights.tables`.
 
 Both sources share the architecture (growth rate 32, bottleneck width 128, 64 stem features,
 transitions halving the channels, symmetric padding); they differ in BatchNorm epsilon and
@@ -25,13 +27,10 @@ Example:
   >>> logits = model(model.preprocess(images_uint8))
 """
 
-import re
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxvir import convert
 from jaxvir.models import layers, registry
 from jaxvir.models.resnet import check_variant
 
@@ -239,82 +238,3 @@ def _factory(arch: str):
 
 for _arch in BLOCK_LAYERS:
   registry.register(_arch)(_factory(_arch))
-
-
-# ---------------------------------------------------------------------------------------------
-# Rule tables
-
-
-def _layer_paths(block_layers: tuple[int, ...]):
-  for block, num_layers in enumerate(block_layers, start=1):
-    for layer in range(num_layers):
-      yield block, layer, f"dense{block}/layer{layer}"
-
-
-def torchvision_rules(arch: str) -> convert.RuleTable:
-  """torchvision DenseNet state dict (`features.denseblock1.denselayer1.norm1`, ...) to jaxvir."""
-  block_layers = BLOCK_LAYERS[arch]
-  rules = [*convert.torch_conv("features.conv0", "stem/conv")]
-  rules += convert.torch_batch_norm("features.norm0", "stem/bn")
-  for block, layer, path in _layer_paths(block_layers):
-    source = f"features.denseblock{block}.denselayer{layer + 1}"
-    for k in (1, 2):
-      rules += convert.torch_batch_norm(f"{source}.norm{k}", f"{path}/bn{k}")
-      rules += convert.torch_conv(f"{source}.conv{k}", f"{path}/conv{k}")
-  for block in range(1, len(block_layers)):
-    rules += convert.torch_batch_norm(f"features.transition{block}.norm", f"transition{block}/bn")
-    rules += convert.torch_conv(f"features.transition{block}.conv", f"transition{block}/conv")
-  rules += convert.torch_batch_norm("features.norm5", "final_bn")
-  return convert.RuleTable(
-    variant="torchvision",
-    preprocessing="torch",
-    rules=tuple(rules),
-    head=convert.torch_linear("classifier", "head"),
-    ignore=convert.TORCH_IGNORE,
-    renames=((LEGACY_TORCHVISION_KEY.pattern, r"\1\2"),),
-  )
-
-
-# Old torchvision `.pth` files name a dense layer's modules `norm.1`, `conv.2`, ... (torchvision's
-# own loader renames them with this pattern).
-LEGACY_TORCHVISION_KEY = re.compile(
-  r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
-)
-
-
-def rename_legacy_torchvision_keys(tensors: dict) -> dict:
-  """Renames old torchvision DenseNet keys (`denselayer1.norm.1.weight` -> `...norm1.weight`).
-
-  Example:
-
-    >>> rename_legacy_torchvision_keys({"features.denseblock1.denselayer1.conv.2.weight": w})
-    {'features.denseblock1.denselayer1.conv2.weight': w}
-  """
-  return convert.rename_tensors(tensors, ((LEGACY_TORCHVISION_KEY.pattern, r"\1\2"),))
-
-
-def keras_rules(arch: str) -> convert.RuleTable:
-  """Keras applications DenseNet layers (`conv2_block1_0_bn`, `pool2_conv`, `bn`) to jaxvir."""
-  block_layers = BLOCK_LAYERS[arch]
-  rules = [*convert.keras_conv("conv1_conv", "stem/conv", bias=False)]
-  rules += convert.keras_batch_norm("conv1_bn", "stem/bn")
-  for block, layer, path in _layer_paths(block_layers):
-    source = f"conv{block + 1}_block{layer + 1}"
-    for k in (1, 2):
-      rules += convert.keras_batch_norm(f"{source}_{k - 1}_bn", f"{path}/bn{k}")
-      rules += convert.keras_conv(f"{source}_{k}_conv", f"{path}/conv{k}", bias=False)
-  for block in range(1, len(block_layers)):
-    rules += convert.keras_batch_norm(f"pool{block + 1}_bn", f"transition{block}/bn")
-    rules += convert.keras_conv(f"pool{block + 1}_conv", f"transition{block}/conv", bias=False)
-  rules += convert.keras_batch_norm("bn", "final_bn")
-  return convert.RuleTable(
-    variant="keras",
-    preprocessing="torch",
-    rules=tuple(rules),
-    head=convert.keras_dense("predictions", "head"),
-  )
-
-
-for _arch in BLOCK_LAYERS:
-  convert.register_rules(_arch, "torchvision")(lambda a=_arch: torchvision_rules(a))
-  convert.register_rules(_arch, "keras")(lambda a=_arch: keras_rules(a))

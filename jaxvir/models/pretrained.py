@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvir import convert
-from jaxvir.models import layers, registry
+from jaxvir.models import layers, registry, weights
 
 # Names of the ImageNet models in torchvision and in keras.applications, for the instructions.
 TORCHVISION_NAMES = {
@@ -124,13 +123,14 @@ def load_pretrained(
     >>> model, preprocess = load_pretrained("weights/vgg16_keras", num_classes=2)
     >>> model.train()  # for fine-tuning
   """
+  # Orbax takes seconds to import; only loading converted weights needs it.
   import orbax.checkpoint as ocp
 
   directory = pathlib.Path(directory).absolute()
-  metadata_path = directory / convert.METADATA_FILE
+  metadata_path = directory / weights.METADATA_FILE
   if not metadata_path.is_file():
     raise FileNotFoundError(
-      f"no converted weights at {directory} ({convert.METADATA_FILE} is missing).\n"
+      f"no converted weights at {directory} ({weights.METADATA_FILE} is missing).\n"
       + conversion_instructions(directory)
     )
   metadata = json.loads(metadata_path.read_text())
@@ -149,8 +149,8 @@ def load_pretrained(
 
   # Layers the file lacked (a "notop" file's fc1 and fc2) keep a real fresh initialisation.
   model = create(rngs) if unconverted else nnx.eval_shape(lambda: create(nnx.Rngs(0)))
-  restored = _flatten(ocp.StandardCheckpointer().restore(directory / convert.STATE_DIR))
-  state = nnx.state(model, convert.CONVERTED)
+  restored = _flatten(ocp.StandardCheckpointer().restore(directory / weights.STATE_DIR))
+  state = nnx.state(model, weights.CONVERTED)
   flat_state = [
     (path, variable)
     for path, variable in nnx.to_flat_state(state)

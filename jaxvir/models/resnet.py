@@ -1,4 +1,6 @@
-"""ResNet-50 as in torchvision (v1.5) and Keras applications (v1), with their weight rule tables.
+"""ResNet-50 as in torchvision (v1.5) and Keras applications (v1).
+
+Their weight rule tables are in `jaxvir.models.weights.tables`.
 
 The variants differ where the sources differ: torchvision puts a bottleneck's stride on its 3x3
 convolution and has no convolution biases (BatchNorm epsilon 1e-5); Keras puts the stride on
@@ -20,7 +22,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxvir import convert
 from jaxvir.models import layers, registry
 
 VARIANTS = ("torchvision", "keras")
@@ -180,63 +181,3 @@ def resnet50(
     remat=remat,
     rngs=rngs,
   )
-
-
-# ---------------------------------------------------------------------------------------------
-# Rule tables: torchvision state-dict keys and Keras layer names to jaxvir paths.
-
-
-def _block_paths(stage_blocks):
-  for stage, blocks in enumerate(stage_blocks, start=1):
-    for block in range(blocks):
-      yield stage, block, f"stage{stage}/block{block}"
-
-
-def torchvision_rules(stage_blocks: tuple[int, ...]) -> convert.RuleTable:
-  """torchvision ResNet state dict (`conv1`, `layer1.0.conv1`, `fc`) to jaxvir paths."""
-  rules = [*convert.torch_conv("conv1", "stem/conv"), *convert.torch_batch_norm("bn1", "stem/bn")]
-  for stage, block, path in _block_paths(stage_blocks):
-    source = f"layer{stage}.{block}"
-    for k in (1, 2, 3):
-      rules += convert.torch_conv(f"{source}.conv{k}", f"{path}/conv{k}")
-      rules += convert.torch_batch_norm(f"{source}.bn{k}", f"{path}/bn{k}")
-    if block == 0:
-      rules += convert.torch_conv(f"{source}.downsample.0", f"{path}/shortcut_conv")
-      rules += convert.torch_batch_norm(f"{source}.downsample.1", f"{path}/shortcut_bn")
-  return convert.RuleTable(
-    variant="torchvision",
-    preprocessing="torch",
-    rules=tuple(rules),
-    head=convert.torch_linear("fc", "head"),
-    ignore=convert.TORCH_IGNORE,
-  )
-
-
-def keras_rules(stage_blocks: tuple[int, ...]) -> convert.RuleTable:
-  """Keras applications ResNet layers (`conv1_conv`, `conv2_block1_1_conv`, ...) to jaxvir."""
-  rules = [*convert.keras_conv("conv1_conv", "stem/conv")]
-  rules += convert.keras_batch_norm("conv1_bn", "stem/bn")
-  for stage, block, path in _block_paths(stage_blocks):
-    source = f"conv{stage + 1}_block{block + 1}"
-    for k in (1, 2, 3):
-      rules += convert.keras_conv(f"{source}_{k}_conv", f"{path}/conv{k}")
-      rules += convert.keras_batch_norm(f"{source}_{k}_bn", f"{path}/bn{k}")
-    if block == 0:
-      rules += convert.keras_conv(f"{source}_0_conv", f"{path}/shortcut_conv")
-      rules += convert.keras_batch_norm(f"{source}_0_bn", f"{path}/shortcut_bn")
-  return convert.RuleTable(
-    variant="keras",
-    preprocessing="caffe",
-    rules=tuple(rules),
-    head=convert.keras_dense("predictions", "head"),
-  )
-
-
-@convert.register_rules("resnet50", "torchvision")
-def _resnet50_torchvision() -> convert.RuleTable:
-  return torchvision_rules(STAGE_BLOCKS["resnet50"])
-
-
-@convert.register_rules("resnet50", "keras")
-def _resnet50_keras() -> convert.RuleTable:
-  return keras_rules(STAGE_BLOCKS["resnet50"])

@@ -1,9 +1,10 @@
-"""VGG-16/19 (with and without BatchNorm) as in torchvision and Keras, with weight rule tables.
+"""VGG-16/19 (with and without BatchNorm) as in torchvision and Keras.
 
 Both sources share the architecture; they differ in the classifier's input order (torchvision's
 `classifier.0` reads a C,H,W flattening of a 7x7 adaptively pooled map, Keras' `fc1` an H,W,C
 flattening: jaxvir flattens H,W,C and the converter permutes torchvision's rows), in dropout
-(torchvision only) and in preprocessing. Keras has no BatchNorm variants.
+(torchvision only) and in preprocessing. Keras has no BatchNorm variants. The weight rule tables
+are in `jaxvir.models.weights.tables`.
 
 Parameter paths: `block{1..5}/conv{i}` (and `block{b}/bn{i}` with BatchNorm),
 `classifier/{fc1,fc2}`, `head` (the final linear layer).
@@ -20,7 +21,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxvir import convert
 from jaxvir.models import layers, registry
 from jaxvir.models.resnet import VARIANTS, check_variant
 
@@ -186,53 +186,3 @@ def _factory(arch: str, batch_norm: bool):
 for _arch in BLOCK_CONVS:
   for _batch_norm in (False, True):
     registry.register(f"{_arch}_bn" if _batch_norm else _arch)(_factory(_arch, _batch_norm))
-
-
-# ---------------------------------------------------------------------------------------------
-# Rule tables
-
-
-def torchvision_rules(arch: str, batch_norm: bool) -> convert.RuleTable:
-  """torchvision VGG state dict (`features.N`, `classifier.{0,3,6}`) to jaxvir paths."""
-  rules, index = [], 0
-  for block, num_convs in enumerate(BLOCK_CONVS[arch], start=1):
-    for conv in range(1, num_convs + 1):
-      rules += convert.torch_conv(f"features.{index}", f"block{block}/conv{conv}", bias=True)
-      if batch_norm:
-        rules += convert.torch_batch_norm(f"features.{index + 1}", f"block{block}/bn{conv}")
-      index += 3 if batch_norm else 2  # conv, (bn,) relu
-    index += 1  # max pooling
-  fc1 = convert.chw_linear_kernel(channels=BLOCK_WIDTHS[-1], height=POOLED_SIZE, width=POOLED_SIZE)
-  rules += convert.torch_linear("classifier.0", "classifier/fc1", fc1)
-  rules += convert.torch_linear("classifier.3", "classifier/fc2")
-  return convert.RuleTable(
-    variant="torchvision",
-    preprocessing="torch",
-    rules=tuple(rules),
-    head=convert.torch_linear("classifier.6", "head"),
-    ignore=convert.TORCH_IGNORE,
-  )
-
-
-def keras_rules(arch: str) -> convert.RuleTable:
-  """Keras applications VGG layers (`block1_conv1`, `fc1`, `fc2`, `predictions`) to jaxvir.
-
-  Files saved with `include_top=False` ("notop") hold the convolution blocks only.
-  """
-  rules = []
-  for block, num_convs in enumerate(BLOCK_CONVS[arch], start=1):
-    for conv in range(1, num_convs + 1):
-      rules += convert.keras_conv(f"block{block}_conv{conv}", f"block{block}/conv{conv}")
-  return convert.RuleTable(
-    variant="keras",
-    preprocessing="caffe",
-    rules=tuple(rules),
-    head=convert.keras_dense("predictions", "head"),
-    top=convert.keras_dense("fc1", "classifier/fc1") + convert.keras_dense("fc2", "classifier/fc2"),
-  )
-
-
-for _arch in BLOCK_CONVS:
-  convert.register_rules(_arch, "torchvision")(lambda a=_arch: torchvision_rules(a, False))
-  convert.register_rules(f"{_arch}_bn", "torchvision")(lambda a=_arch: torchvision_rules(a, True))
-  convert.register_rules(_arch, "keras")(lambda a=_arch: keras_rules(a))
