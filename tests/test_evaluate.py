@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvir import cli, evaluate, metrics, report
+from jaxvir import cli, metrics, report
 from jaxvir.data import folder_builder
 from jaxvir.trainers import classifier
 

@@ -24,6 +24,8 @@ import h5py
 import numpy as np
 import safetensors.numpy
 
+from jaxvir.errors import UserError
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
 PICKLE_PROTOCOL = b"\x80"  # the first opcode of a pickle of protocol 2 or later
@@ -39,7 +41,7 @@ _KERAS3_VARIABLES = {
 }
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
   """A weights file that cannot be read: truncated, of an unknown format, or holding code."""
 
 

@@ -17,10 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxvir.errors import UserError
+
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
   """Source weights that do not match the rule table or the model."""
 
 
