@@ -399,8 +399,8 @@ class Checkpoints:
     self.manager.wait_until_finished()  # a save in flight is a good checkpoint: let it land
     latest = self.manager.latest_step()
     kept = (
-      "no checkpoint had been written yet" if latest is None
-      else f"it kept its last good checkpoint (step {latest}) in {self.directory}"
+      "had written no checkpoint yet" if latest is None
+      else f"kept its last good checkpoint (step {latest}) in {self.directory}"
     )
     raise NonFiniteLossError(
       f"the training loss became NaN or infinite in {where}; the run stopped and {kept}; {fix}"

@@ -1,5 +1,10 @@
 """Twin-VAE losses (against PyTorch), augmentation, the jitted twin step, transfer freezing."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +16,8 @@ from flax import nnx
 from jaxvir import optim
 from jaxvir.models.twinvae import TwinVAE
 from jaxvir.twinvae import augment as augment_lib
-from jaxvir.twinvae import losses, train
+from jaxvir.twinvae import config as twin_config
+from jaxvir.twinvae import losses
 from jaxvir.twinvae.step import StepSettings, init_state, make_train_step
 
 
@@ -63,15 +69,15 @@ def _tiny_batch(n=2):
   rng = np.random.default_rng(0)
   batch = {f"{d}_image": rng.integers(0, 256, (n, 128, 128, 1), np.uint8)
            for d in ("synthetic", "natural")}  # fmt: skip
-  batch["synthetic_count"] = np.array([3, 7])
-  batch["natural_count"] = np.array([0, 4])
+  batch["synthetic_count"] = np.array([3, 7, 1, 12][:n])
+  batch["natural_count"] = np.array([0, 4, 9, 0][:n])
   return batch
 
 
 def test_step_trains_both_twins_and_respects_frozen_core():
   model = TwinVAE(variant="reference", rngs=nnx.Rngs(0))
   params = nnx.state(model, nnx.Param)
-  freeze = train.transfer_freeze("frozen_core")
+  freeze = twin_config.transfer_freeze("frozen_core")
   labels = optim.FreezeRules(patterns=freeze["patterns"]).labels(params)
   tx = optax.partition({optim.TRAINABLE: optax.adam(1e-3), optim.FROZEN: optax.set_to_zero()},
                        labels)  # fmt: skip
@@ -99,9 +105,9 @@ def test_step_trains_both_twins_and_respects_frozen_core():
 
 
 def test_transfer_freeze_rules():
-  assert train.transfer_freeze("simultaneous") == {"patterns": (), "thaw": ()}
-  assert train.transfer_freeze("frozen_outer")["patterns"] == (train.OUTER,)
-  thawing = train.transfer_freeze("thawing", thaw_epochs=(5, 9))
+  assert twin_config.transfer_freeze("simultaneous") == {"patterns": (), "thaw": ()}
+  assert twin_config.transfer_freeze("frozen_outer")["patterns"] == (twin_config.OUTER,)
+  thawing = twin_config.transfer_freeze("thawing", thaw_epochs=(5, 9))
   rules = optim.FreezeRules(patterns=thawing["patterns"], thaw=thawing["thaw"])
   assert rules.phase(4) == 0 and rules.phase(5) == 1 and rules.phase(9) == 2
   assert optim.matches("core/mu/kernel", rules.patterns)
@@ -109,6 +115,50 @@ def test_transfer_freeze_rules():
                                                     if p not in rules.thawed_at(5)))  # fmt: skip
   assert optim.matches("natural_decoder/convs/0/kernel", rules.patterns)
   with pytest.raises(ValueError, match="thaw_epochs"):
-    train.transfer_freeze("thawing")
+    twin_config.transfer_freeze("thawing")
   with pytest.raises(ValueError, match="unknown method"):
-    train.transfer_freeze("frozen_everything")
+    twin_config.transfer_freeze("frozen_everything")
+
+
+def run_twin_steps(num_steps: int, *, batch_size: int = 4):
+  """`num_steps` Twin-VAE steps on a mesh over all devices; the loss sum and the parameters."""
+  from jaxvir import parallel
+
+  model = TwinVAE(variant="reference", rngs=nnx.Rngs(0))
+  tx = optax.sgd(1e-3)  # Adam would magnify rounding in near-zero gradients into the parameters
+  state, graphdef = init_state(model, tx)
+  mesh = parallel.make_mesh()
+  state = jax.device_put(state, parallel.replicated(mesh))
+  step = make_train_step(graphdef, tx, StepSettings(weights=losses.LossWeights(1000.0, 1.0, 1.0),
+                                                   noise_std=0.02), mesh=mesh)  # fmt: skip
+  batch = _tiny_batch(batch_size)
+  loss = 0.0
+  for _ in range(num_steps):
+    state, metrics = step(state, parallel.shard_batch(batch, mesh), jax.random.key(0), 0)
+    loss += float(metrics["loss"])
+  return loss, state
+
+
+TWIN_SCRIPT = """
+import json, jax, numpy as np
+jax.config.update("jax_default_matmul_precision", "highest")
+import sys; sys.path.insert(0, {tests!r})
+from test_twinvae_step import run_twin_steps
+loss, state = run_twin_steps(2)
+print(json.dumps({{"devices": jax.device_count(), "loss": loss,
+                   "kernel": np.asarray(state.params["core"]["mu"]["kernel"].value).tolist()}}))
+"""
+
+
+def test_the_step_is_data_parallel_and_equal_to_one_device():
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  out = subprocess.run(
+    [sys.executable, "-c", TWIN_SCRIPT.format(tests=os.path.dirname(__file__))], env=env,
+    capture_output=True, text=True, check=True,
+  )
+  many = json.loads(out.stdout.strip().splitlines()[-1])
+  assert jax.device_count() == 1 and many["devices"] == 4
+  loss, state = run_twin_steps(2)
+  np.testing.assert_allclose(loss, many["loss"], rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(state.params["core"]["mu"]["kernel"].value),
+                             many["kernel"], rtol=1e-3, atol=1e-6)  # fmt: skip

@@ -1,4 +1,4 @@
-"""End-to-end Twin-VAE runs: outputs with finite values, kill-and-resume, non-finite loss."""
+"""End-to-end Twin-VAE runs: the report, evaluate/predict/compare, kill-and-resume, NaN loss."""
 
 import importlib.util
 import json
@@ -10,9 +10,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from jaxvir.twinvae import train
+from jaxvir import compare, evaluate, report, train
+from jaxvir.data import cells
+from jaxvir.errors import NonFiniteLossError
+from jaxvir.trainers import twinvae as twin_trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("twinvae_pc", ROOT / "configs" / "twinvae_pc.py")
@@ -25,7 +30,7 @@ TINY = {
   "twinvae.natural_label_fraction": 0.5, "train.batch_size": 4, "train.epochs": 3,
   "train.eval_every_epochs": 1, "eval.batch_size": 8, "twinvae.plot_images": 2,
 }  # fmt: skip
-TIME_FIELDS = ("seconds", "images_per_s")
+TIME_FIELDS = ("seconds", "images_per_second")
 
 
 def tiny_config():
@@ -48,18 +53,39 @@ def reference(tmp_path_factory):
 
 
 def test_a_tiny_run_writes_finite_metrics_report_and_plots(reference):
-  workdir, report = reference
-  assert json.loads((workdir / "report.json").read_text()) == report
-  assert report["natural_data"] == "synthetic stand-in style phase_contrast_natural"
-  for domain in ("synthetic", "natural"):
-    assert all(math.isfinite(report[domain][m]) for m in ("mae", "mre", "accuracy"))
-    for plot in ("count_scatter", "mre_by_count", "cross_reconstruction"):
-      assert (workdir / "plots" / f"{domain}_{plot}.png").stat().st_size > 1000
+  workdir, entries = reference
+  content = report.read(workdir)["splits"]
+  assert sorted(content) == ["natural_test", "synthetic_test"]
+  assert "SYNTHETIC stand-in" in content["natural_test"]["data"]
+  for split in ("synthetic_test", "natural_test"):
+    assert content[split]["task"] == "counting"
+    assert all(math.isfinite(content[split]["metrics"][m]) for m in ("mae", "mre", "accuracy"))
+    for plot in ("counts", "mre_by_count", "cross_reconstruction"):
+      assert (workdir / "plots" / split / f"{plot}.png").stat().st_size > 1000
   lines = metric_lines(workdir)
-  assert [line["epoch"] for line in lines] == [1, 2, 3]
-  assert all(math.isfinite(v) for line in lines for v in line.values())
-  assert {"synthetic/rec", "natural/kl", "natural_test_mae"} <= set(lines[-1])
-  assert 1 <= report["best_step"] <= 3
+  assert [line["epoch"] for line in lines if line["split"] == "train"] == [1, 2, 3]
+  assert all(math.isfinite(v) for line in lines for v in line.values() if not isinstance(v, str))
+  assert {"synthetic/rec", "natural/kl"} <= set(lines[0])
+  assert "natural_mae" in [line for line in lines if line["split"] == "test"][-1]
+  assert 2 <= content["natural_test"]["checkpoint_step"] <= 6
+
+
+def test_evaluate_predict_and_compare_work_on_a_twinvae_run(reference, tmp_path):
+  workdir, entries = reference
+  before = report.read(workdir)["splits"]["natural_test"]["metrics"]
+  written = evaluate.evaluate_run(workdir, split="test")
+  assert sorted(written) == ["natural_test", "synthetic_test"]
+  assert written["natural_test"]["metrics"]["mae"] == pytest.approx(before["mae"])
+  images, counts = cells.generate(3, seed=5, style="phase_contrast_natural")
+  for index, image in enumerate(images):
+    Image.fromarray(image[..., 0]).save(tmp_path / f"{index}.png")
+  (tmp_path / "broken.png").write_bytes(b"not a png")
+  rows = evaluate.predict_files(workdir, [tmp_path])
+  assert [row["error"] == "" for row in rows] == [True, True, True, False]
+  assert all(isinstance(row["count"], int) for row in rows[:3])
+  rows, skipped = compare.compare_runs([workdir])
+  assert not skipped and [row["split"] for row in rows] == ["natural_test", "synthetic_test"]
+  assert rows[0]["mae"] == pytest.approx(before["mae"])
 
 
 def test_a_killed_run_resumes_to_the_same_metrics(reference, tmp_path):
@@ -82,15 +108,18 @@ def test_a_killed_run_resumes_to_the_same_metrics(reference, tmp_path):
   assert not (killed / "report.json").exists()
   resumed = train.train_and_evaluate(tiny_config(), killed)  # the same command again
   # An epoch may have logged before the kill; the last line of each epoch is what counts.
-  final = {line["epoch"]: line for line in metric_lines(killed)}
-  assert final == {line["epoch"]: line for line in metric_lines(reference[0])}
-  assert resumed == reference[1]
+  final = {(line["epoch"], line["split"]): line for line in metric_lines(killed)}
+  expected = {(line["epoch"], line["split"]): line for line in metric_lines(reference[0])}
+  assert final == expected
+  strip = lambda entries: {k: {f: v for f, v in e.items() if f != "created"}
+                           for k, e in entries.items()}  # fmt: skip
+  assert strip(resumed) == strip(reference[1])
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
   reference, tmp_path, monkeypatch
 ):
-  real_step = train.make_train_step
+  real_step = twin_trainer.make_train_step
 
   def poisoned(*args, **kwargs):  # the real step, its loss reported as NaN from epoch 2 on
     step = real_step(*args, **kwargs)
@@ -101,9 +130,9 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 
     return run
 
-  monkeypatch.setattr(train, "make_train_step", poisoned)
+  monkeypatch.setattr(twin_trainer, "make_train_step", poisoned)
   workdir = tmp_path / "run"
-  with pytest.raises(FloatingPointError, match="epoch 2: the training loss is nan"):
+  with pytest.raises(NonFiniteLossError, match=r"NaN or infinite in epoch 2; .*\(step 2\)"):
     train.train_and_evaluate(tiny_config(), workdir)
-  assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] == ["1"]
+  assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] == ["2"]
   assert not (workdir / "report.json").exists()
