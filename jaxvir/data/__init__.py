@@ -9,7 +9,7 @@ Example:
 """
 
 # Importing a source module registers its sources.
-from jaxvir.data import cpe_cells, ecg, folder_builder, synthetic_shapes  # noqa: F401
+from jaxvir.data import cpe_cells, ecg, folder_builder, synthetic_shapes, tem_viruses  # noqa: F401
 from jaxvir.data.augment import (
   AugmentOptions,
   device_augment,

@@ -188,9 +188,8 @@ def _particle(name: str, rng: np.random.Generator, frame: _Frame, pixel_nm: floa
   count = int(2 * np.pi * radius / 6.0)  # spikes about 6 nm apart
   resolved = _fade(2 * np.pi * radius / count, pixel_nm)
   spikes = (0.5 + 0.5 * np.cos(count * f.theta + rng.uniform(0, 2 * np.pi))) ** sparse
-  fringe = (
-    zone * (resolved * spikes + (1.0 - resolved) * np.mean(spikes)) / (1.0 + 0.3 * (sparse - 1))
-  )
+  # Unresolved spikes blur into a fringe of their mean density.
+  fringe = zone * (resolved * spikes + (1.0 - resolved) * np.mean(spikes))
   noise = render.smooth_noise(rng, (1, *f.u.shape), 3.0 / pixel_nm)[0]
   interior = 0.75 + grain * _fade(6.0, pixel_nm) * np.tanh(noise)
   mask = np.maximum(body, 0.6 * fringe)
