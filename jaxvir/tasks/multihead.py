@@ -43,6 +43,9 @@ class Head:
   name: str
   classes: tuple[str, ...]
 
+  def __post_init__(self):
+    object.__setattr__(self, "classes", tuple(self.classes))
+
 
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
@@ -58,8 +61,6 @@ class HeadSpec:
 
   def __post_init__(self):
     object.__setattr__(self, "heads", tuple(self.heads))
-    for head in self.heads:
-      object.__setattr__(head, "classes", tuple(head.classes))
     if not self.heads or any(not head.classes for head in self.heads):
       raise ValueError(f"HeadSpec needs at least one head, each with a class; got {self.heads}")
     names = [head.name for head in self.heads]
