@@ -9,7 +9,14 @@ Example:
 """
 
 # Importing a source module registers its sources (and `preprocess` its hooks).
-from jaxvir.data import ecg, folder_builder, preprocess, synthetic_shapes  # noqa: F401
+from jaxvir.data import (  # noqa: F401
+  cpe_cells,
+  ecg,
+  folder_builder,
+  preprocess,
+  synthetic_shapes,
+  tem_viruses,
+)
 from jaxvir.data.augment import (
   AugmentOptions,
   device_augment,

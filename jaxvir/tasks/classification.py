@@ -1,8 +1,4 @@
-"""Losses and predictions per task, written for one model call on one batch.
-
-A task turns model outputs and a batch into a scalar loss and per-batch metric *sums* (so
-that the training loop can add them across steps and devices and divide once).
-"""
+"""Single-head classification: one softmax over all classes."""
 
 import jax
 import jax.numpy as jnp

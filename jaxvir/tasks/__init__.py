@@ -1,0 +1,35 @@
+"""Losses, predictions and decision rules per task, written for one model call on one batch.
+
+A task turns model outputs and a batch into a scalar loss and per-batch metric *sums* (so
+that the training loop can add them across steps and devices and divide once).
+
+- `classification_loss`: one softmax over the classes.
+- `multihead_loss` and the decision rules `fusion_predict`, `mux_predict`, `demux_predict`:
+  several softmax heads over one trunk, each with a "none" class (CPE, Chen et al. 2021).
+"""
+
+from jaxvir.tasks.classification import classification_loss
+from jaxvir.tasks.multihead import (
+  CPE_HEADS,
+  Head,
+  HeadSpec,
+  demux_predict,
+  fusion_predict,
+  head_labels,
+  head_probabilities,
+  multihead_loss,
+  mux_predict,
+)
+
+__all__ = [
+  "CPE_HEADS",
+  "Head",
+  "HeadSpec",
+  "classification_loss",
+  "demux_predict",
+  "fusion_predict",
+  "head_labels",
+  "head_probabilities",
+  "multihead_loss",
+  "mux_predict",
+]
