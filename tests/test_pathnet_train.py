@@ -1,4 +1,4 @@
-"""Tests of the PathNet trainer (jaxvir.pathnet.train) and its configs, on a tiny encoder."""
+"""Tests of the PathNet trainer (jaxvir.trainers.pathnet) and its configs, on a tiny encoder."""
 
 import importlib.util
 import json
@@ -14,12 +14,15 @@ import numpy as np
 import optax
 import pytest
 
-from jaxvir import checkpoint, tasks
-from jaxvir.data import ecg
+from jaxvir import checkpoint, compare, data, evaluate, metrics, tasks, train
+from jaxvir import run as run_lib
+from jaxvir.data import splits as splits_lib
+from jaxvir.errors import NonFiniteLossError, WorkdirError
+from jaxvir.pathnet import config as pathnet_config
+from jaxvir.pathnet import driver, finetune, joint, task_data
 from jaxvir.pathnet import features as features_lib
-from jaxvir.pathnet import finetune
-from jaxvir.pathnet import train as pathnet_train
-from jaxvir.train import NonFiniteLossError
+from jaxvir.pathnet.stages import StageCheckpoints
+from jaxvir.trainers import pathnet as pathnet_trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -73,7 +76,7 @@ def test_no_path_selection_ablation(monkeypatch, tmp_path):
   monkeypatch.setattr(features_lib, "make_encoder", tiny_encoder)
   config = shrink(synthetic_ecg(load_config("pathnet_ecg"), tmp_path), tmp_path)
   config.pathnet.select_path = False
-  summary = pathnet_train.train_and_evaluate(config, tmp_path / "run")
+  summary = train.train_and_evaluate(config, tmp_path / "run")
   assert 0 <= summary["ecg"]["test_accuracy"] <= 1 and "genotype" not in summary["ecg"]
   report = json.loads((tmp_path / "run" / "report.json").read_text())["splits"]["test"]
   assert report["head"].startswith("no path selection")
@@ -83,31 +86,40 @@ def test_inter_patient_split_holds_out_whole_records(tmp_path):
   config = load_config("pathnet_ecg", "inter_patient")
   config.data.image_size = (8, 8)
   config.data.cache_dir = str(tmp_path)
-  source = ecg.build_mitdb_beats(config.data, seed=0)
-  splits = pathnet_train.split_for_pathnet(source, config.data, seed=0)
-  groups = np.asarray(source.groups)
+  dataset = data.build(config.data, seed=0)  # the splits every trainer uses
+  groups, splits = np.asarray(dataset.source.groups), dataset.splits
   assert set(groups[splits["test"]].tolist()) == {"111", "209", "212"}
+  # Validation is whole records too: early stopping never sees a training patient's beats.
+  assert not set(groups[splits["train"]].tolist()) & set(groups[splits["val"]].tolist())
   assert not set(groups[splits["train"]].tolist()) & {"111", "209", "212"}
-  assert not set(splits["train"].tolist()) & set(splits["val"].tolist())
-  for name in ("train", "val", "test"):
-    assert set(source.labels[splits[name]].tolist()) == {0, 1, 2}
-  intra = pathnet_train.split_for_pathnet(source, load_config("pathnet_ecg").data, seed=0)
+  assert set(dataset.source.labels[splits["test"]].tolist()) == {0, 1, 2}
+  intra = data.build(load_config("pathnet_ecg").data, seed=0).splits
   assert len(set(groups[intra["test"]].tolist())) == 6
+
+
+def test_macro_recall_counts_classes_missing_from_the_split_as_the_report_does():
+  labels = np.array([0, 0, 1, 1, 1])
+  predictions = np.array([0, 1, 1, 1, 0])
+  probs = np.eye(3)[predictions]
+  report = metrics.classification_report(labels, probs, n_bootstrap=10)
+  assert joint.macro_recall(labels, predictions, range(3)) == pytest.approx(
+    report["macro"]["recall"]
+  )
 
 
 def test_config_errors_name_the_field():
   config = load_config("pathnet_joint", "runlocal")
   config.pathnet.second_data.image_size = (64, 64)
   with pytest.raises(ValueError, match="second_data.image_size"):
-    pathnet_train.check_config(config)
+    pathnet_config.check(config)
   config = load_config("pathnet_ecg")
   config.pathnet.mode = "both"
   with pytest.raises(ValueError, match="pathnet.mode"):
-    pathnet_train.check_config(config)
+    pathnet_config.check(config)
   config = load_config("pathnet_ecg")
   config.pathnet.population_size = 5
   with pytest.raises(ValueError, match="population_size"):
-    pathnet_train.check_config(config)
+    pathnet_config.check(config)
 
 
 @pytest.mark.parametrize("name", ["pathnet_ecg", "pathnet_pneumonia", "pathnet_joint"])
@@ -117,7 +129,7 @@ def test_configs_validate(name):
   for arg in (None, "runlocal"):
     config = load_config(name, arg)
     config_lib.validate(config)
-    pathnet_train.check_config(config)
+    pathnet_config.check(config)
     assert config.trainer == "pathnet"
 
 
@@ -146,7 +158,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 sys.path.insert(0, {tests!r})
 import test_pathnet_train as t
 from jaxvir import checkpoint
-from jaxvir.pathnet import features, train
+from jaxvir import train
+from jaxvir.pathnet import features
 features.make_encoder = t.tiny_encoder
 stages, save = [], checkpoint.save
 def save_then_die(*args, loop, **kwargs):
@@ -179,7 +192,8 @@ def _without_timing(value):
   return value
 
 
-def test_joint_run_writes_reports_and_keeps_frozen_modules(tmp_path):
+def test_joint_run_writes_reports_and_keeps_frozen_modules(tmp_path, monkeypatch):
+  monkeypatch.setattr(features_lib, "make_encoder", tiny_encoder)  # as in the runs' processes
   workdir = tmp_path / "reference"
   assert run_joint(tmp_path, workdir) == 0
   report = json.loads((workdir / "report.json").read_text())["splits"]
@@ -188,9 +202,9 @@ def test_joint_run_writes_reports_and_keeps_frozen_modules(tmp_path):
   assert "SYNTHETIC" in report["ecg_test"]["data"]
   assert report["pneumonia_test"]["metrics"]["class_names"] == ["covid", "normal", "pneumonia"]
   assert len(report["joint_test"]["metrics"]["class_names"]) == 6
-  joint = json.loads((workdir / "pathnet_summary.json").read_text())["joint"]
-  assert set(joint["per_task"]) == {"ecg", "pneumonia"}
-  assert 0 <= joint["overall_accuracy"] <= 1
+  joint_entry = report["joint_test"]
+  assert set(joint_entry["per_task"]) == {"ecg", "pneumonia"}
+  assert 0 <= joint_entry["overall_accuracy"] <= 1
   for name in ("ecg", "pneumonia"):
     lines = (workdir / f"evolution_{name}.jsonl").read_text().splitlines()
     assert len(lines) == 3, "the generation budget is respected"
@@ -198,7 +212,15 @@ def test_joint_run_writes_reports_and_keeps_frozen_modules(tmp_path):
   assert (workdir / "plots" / "paths.png").stat().st_size > 0
   assert (workdir / "plots" / "joint_test" / "confusion_matrix.png").exists()
 
-  saved = pathnet_train.load_results(workdir)
+  # evaluate.py and compare.py work on a PathNet run, and give the report's figures.
+  entries = evaluate.evaluate_run(workdir, split="test")
+  assert sorted(entries) == ["ecg_test", "pneumonia_test"]
+  assert entries["ecg_test"]["metrics"]["accuracy"] == report["ecg_test"]["metrics"]["accuracy"]
+  rows, skipped = compare.compare_runs([workdir])
+  assert not skipped and [row["split"] for row in rows] == ["ecg_test", "joint_test",
+                                                             "pneumonia_test"]  # fmt: skip
+
+  saved = pathnet_trainer.load_results(workdir)
   genotype = np.asarray(saved["ecg"]["genotype"])
   assert genotype.shape == (3, 3)
   for layer, name in enumerate(["conv", "fc1", "fc2"]):
@@ -218,21 +240,21 @@ def test_joint_run_writes_reports_and_keeps_frozen_modules(tmp_path):
     assert run_joint(tmp_path, killed, kill_at=stage) == -signal.SIGKILL
     mngr = checkpoint.manager(killed / "checkpoints", keep=1, read_only=True)
     assert checkpoint.restore_loop(mngr, mngr.latest_step())["stage"] == stage
-  assert not (killed / "pathnet_summary.json").exists()
+  assert not (killed / "report.json").exists()
   assert run_joint(tmp_path, killed) == 0
-  for file in ("pathnet_summary.json", "report.json"):
-    got = json.loads((killed / file).read_text())
-    assert _without_timing(got) == _without_timing(json.loads((workdir / file).read_text()))
+  evaluate.evaluate_run(killed, split="test")  # the same re-evaluation as the reference's
+  got = json.loads((killed / "report.json").read_text())
+  assert _without_timing(got) == _without_timing(json.loads((workdir / "report.json").read_text()))
   for name in ("ecg", "pneumonia"):
     file = f"evolution_{name}.jsonl"
     assert (killed / file).read_text() == (workdir / file).read_text()
-  jax.tree.map(np.testing.assert_array_equal, pathnet_train.load_results(killed), saved)
+  jax.tree.map(np.testing.assert_array_equal, pathnet_trainer.load_results(killed), saved)
 
 
 def test_checkpoints_refuse_nonfinite_losses_and_resume_into_fresh_structure(tmp_path):
-  run = pathnet_train.RunCheckpoints(tmp_path, keep=2)
+  stages = StageCheckpoints(run_lib.Checkpoints(tmp_path / "checkpoints", keep=2))
   state = {"a": jnp.arange(3.0), "b": (jnp.ones((2,), jnp.int32),)}
-  run.save("task/evolution", state, {"chunk": 1}, loss=0.5)
+  stages.save("task/evolution", state, {"chunk": 1}, loss=0.5)
 
   class NanStrategy:
     """Generations whose training loss is NaN."""
@@ -248,7 +270,7 @@ def test_checkpoints_refuse_nonfinite_losses_and_resume_into_fresh_structure(tmp
       return state, metrics
 
   with pytest.raises(NonFiniteLossError, match=r"last good checkpoint \(step 1\)"):
-    pathnet_train.evolve(
+    driver.evolve(
       NanStrategy(),
       SimpleNamespace(done=False, best_genotype=np.zeros((3, 3), np.int32)),
       jax.random.key(0),
@@ -256,27 +278,24 @@ def test_checkpoints_refuse_nonfinite_losses_and_resume_into_fresh_structure(tmp
       max_generations=4,
       chunk=2,
       name="task",
-      on_chunk=lambda s, progress, loss: run.save("task/evolution", state, progress, loss=loss),
+      on_chunk=lambda s, progress, loss: stages.save("task/evolution", state, progress, loss=loss),
     )
-  run.mngr.wait_until_finished()
-  assert run.mngr.all_steps() == [1]
+  stages.checkpoints.wait()
+  assert stages.checkpoints.all_steps() == [1]
 
-  resumed = pathnet_train.RunCheckpoints(tmp_path, keep=2)
+  resumed = StageCheckpoints(run_lib.Checkpoints(tmp_path / "checkpoints", keep=2))
   assert resumed.resume("task/fit", state) is None
   restored, progress = resumed.resume("task/evolution", jax.tree.map(jnp.zeros_like, state))
   assert progress == {"chunk": 1} and isinstance(restored["b"], tuple)
   jax.tree.map(np.testing.assert_array_equal, restored, state)
-  with pytest.raises(ValueError, match="other settings"):
+  with pytest.raises(WorkdirError, match="other settings"):
     resumed.resume("task/evolution", {"a": jnp.zeros(4), "b": (jnp.ones((2,), jnp.int32),)})
 
 
 def test_loss_weights_balance_the_final_training_loss(tmp_path):
   labels = np.array([0, 0, 0, 1, 2, 2, 0, 1], np.int32)
   splits = {"train": np.arange(6), "val": np.array([6, 7]), "test": np.array([6, 7])}
-  config = load_config("pathnet_ecg").data
-  assert pathnet_train.task_class_weights(labels, splits, config, num_classes=4) is None
-  config.balance = "loss_weights"
-  weights = pathnet_train.task_class_weights(labels, splits, config, num_classes=4)
+  weights = splits_lib.class_weights(labels[splits["train"]], num_classes=4)
   # n / (k * count) over the training split: 6 examples, 3 present classes, counts 3, 1, 2.
   np.testing.assert_allclose(weights, [2 / 3, 2.0, 1.0, 0.0], rtol=1e-6)
 
@@ -286,9 +305,10 @@ def test_loss_weights_balance_the_final_training_loss(tmp_path):
   head = finetune.mlp_head()
   logits = head.apply(params, features[:6])
   for class_weights in (None, weights):
-    data = pathnet_train._device_data(dict(task, class_weights=class_weights))
+    device_data = task_data.device_data(dict(task, class_weights=class_weights))
     _, history = finetune.fit(
-      head, params, data, optimizer=optax.sgd(0.1), key=jax.random.key(2), epochs=1, batch_size=6
+      head, params, device_data, optimizer=optax.sgd(0.1), key=jax.random.key(2), epochs=1,
+      batch_size=6,
     )
     want, _ = tasks.classification_loss(
       logits, jnp.asarray(labels[:6]), class_weights=None if class_weights is None else weights

@@ -6,7 +6,6 @@ Example:
   ...                   stages=stages)
 """
 
-import json
 import logging
 
 import numpy as np
@@ -97,5 +96,6 @@ def run_joint(config, tasks, results, *, key, workdir, stages: StageCheckpoints)
     split="joint_test",
     extra=extra,
   )
-  log.info("joint classification: %s", json.dumps(extra))
+  log.info("joint classification: accuracy %.4f, router accuracy %.4f",
+           extra["overall_accuracy"], extra["router_accuracy"])  # fmt: skip
   return extra

@@ -32,7 +32,6 @@ Example:
   python scripts/train.py --config configs/pathnet_ecg.py:runlocal --workdir runs/ecg
 """
 
-import json
 import logging
 import pathlib
 
@@ -244,7 +243,8 @@ def _task_summary(workdir, task, result, *, split: str, ablation: bool = False) 
       evolution_seconds=round(extra["evolution_seconds"] or 0.0, 2),
       pathways_per_second=round(extra["pathways_per_second"] or 0.0, 1),
     )
-  log.info("%s test: %s", split, json.dumps(summary))
+  log.info("%s: accuracy %.4f, macro recall %.4f on %d test images", split,
+           summary["test_accuracy"], summary["test_macro_recall"], len(labels))  # fmt: skip
   return summary
 
 
