@@ -3,7 +3,8 @@
 Both sources share the architecture; they differ in the classifier's input order (torchvision's
 `classifier.0` reads a C,H,W flattening of a 7x7 adaptively pooled map, Keras' `fc1` an H,W,C
 flattening: jaxvir flattens H,W,C and the converter permutes torchvision's rows), in dropout
-(torchvision only) and in preprocessing. Keras has no BatchNorm variants.
+after fc1 and fc2 (torchvision 0.5, Keras none; the `dropout` argument sets it for either) and in
+preprocessing. Keras has no BatchNorm variants.
 
 Parameter paths: `block{1..5}/conv{i}` (and `block{b}/bn{i}` with BatchNorm),
 `classifier/{fc1,fc2}`, `head` (the final linear layer).
@@ -28,7 +29,7 @@ BLOCK_CONVS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
 POOLED_SIZE = 7
 HIDDEN = 4096
-DROPOUT = 0.5
+DROPOUT = {"torchvision": 0.5, "keras": 0.0}  # each source's dropout after fc1 and fc2
 
 
 class Block(nnx.Module):
@@ -67,14 +68,15 @@ class Block(nnx.Module):
 
 
 class Classifier(nnx.Module):
-  """Adaptive 7x7 average pooling, H,W,C flattening, fc1 and fc2 with ReLU (and dropout)."""
+  """Adaptive 7x7 average pooling, H,W,C flattening, fc1 and fc2 with ReLU, each followed by
+  dropout at rate `dropout` (no dropout layers at rate 0)."""
 
-  def __init__(self, *, dropout: bool, dtype, rngs: nnx.Rngs):
+  def __init__(self, *, dropout: float, dtype, rngs: nnx.Rngs):
     in_features = POOLED_SIZE * POOLED_SIZE * BLOCK_WIDTHS[-1]
     self.fc1 = layers.linear(in_features, HIDDEN, dtype=dtype, rngs=rngs)
     self.fc2 = layers.linear(HIDDEN, HIDDEN, dtype=dtype, rngs=rngs)
-    self.dropout1 = nnx.Dropout(DROPOUT, rngs=rngs) if dropout else None
-    self.dropout2 = nnx.Dropout(DROPOUT, rngs=rngs) if dropout else None
+    self.dropout1 = nnx.Dropout(dropout, rngs=rngs) if dropout else None
+    self.dropout2 = nnx.Dropout(dropout, rngs=rngs) if dropout else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     # At 224x224 the map is already 7x7 and the pooling is the identity (Keras' Flatten).
@@ -103,11 +105,14 @@ class VGG(layers.Staged):
     batch_norm: bool,
     num_classes: int | None,
     variant: str,
+    dropout: float,
     dtype,
     remat: bool,
     rngs: nnx.Rngs,
   ):
     check_variant(variant)
+    if not 0 <= dropout < 1:
+      raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
     self.variant = variant
     self.dtype = dtype
     self.remat = remat
@@ -125,7 +130,7 @@ class VGG(layers.Staged):
       )
       setattr(self, f"block{index + 1}", block)
       in_features = width
-    self.classifier = Classifier(dropout=variant == "torchvision", dtype=dtype, rngs=rngs)
+    self.classifier = Classifier(dropout=dropout, dtype=dtype, rngs=rngs)
     self.num_features = HIDDEN
     self.replace_head(num_classes, rngs=rngs)
     blocks = tuple(f"block{i}" for i in range(1, len(block_convs) + 1))
@@ -150,6 +155,7 @@ def _factory(arch: str, batch_norm: bool):
     rngs: nnx.Rngs,
     dtype=jnp.float32,
     variant: str = "torchvision",
+    dropout: float | None = None,
     remat: bool = False,
   ) -> VGG:
     if variant not in variants:
@@ -162,6 +168,7 @@ def _factory(arch: str, batch_norm: bool):
       batch_norm=batch_norm,
       num_classes=num_classes,
       variant=variant,
+      dropout=DROPOUT[variant] if dropout is None else dropout,
       dtype=dtype,
       remat=remat,
       rngs=rngs,
@@ -174,7 +181,9 @@ def _factory(arch: str, batch_norm: bool):
     num_classes: classes of the final linear layer; None for no head (fc2's 4096 features).
     rngs: random streams for initialisation and dropout.
     dtype: compute dtype (parameters and BatchNorm stay float32).
-    variant: one of {variants}; sets the dropout and the preprocessing.
+    variant: one of {variants}; sets the preprocessing and the default dropout.
+    dropout: rate of the dropout after fc1 and fc2; None for the variant's own (torchvision
+      0.5, Keras none). Active in training mode only.
     remat: rematerialise each convolution block in the backward pass to save memory.
 
   Returns:
