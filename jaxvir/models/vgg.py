@@ -59,11 +59,19 @@ class Block(nnx.Module):
     self.batch_norm = batch_norm
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    for index in range(1, self.num_convs + 1):
+    return self.pool(self.convs(x))
+
+  def convs(self, x: jax.Array, *, first: int = 1, last: int | None = None) -> jax.Array:
+    """Convolutions `first` to `last` (default: all), each with its BatchNorm and ReLU."""
+    for index in range(first, (last or self.num_convs) + 1):
       x = getattr(self, f"conv{index}")(x)
       if self.batch_norm:
         x = getattr(self, f"bn{index}")(x)
       x = jax.nn.relu(x)
+    return x
+
+  @staticmethod
+  def pool(x: jax.Array) -> jax.Array:
     return layers.max_pool(x, window=2, stride=2)
 
 
@@ -95,7 +103,9 @@ class VGG(layers.Staged):
   """VGG; stages `block1`..`block5`, `classifier` and `head`.
 
   Without a head (`num_classes=None`) the `head` stage is the identity and the model returns
-  fc2's 4096 features. Logits are float32.
+  fc2's 4096 features. Logits are float32. Inner layers `block{b}/conv{i}` are the ReLU
+  activations of each convolution (Keras' `block{b}_conv{i}` outputs); Grad-CAM's default is the
+  last one (VGG-16 `block5/conv3`, VGG-19 `block5/conv4`).
   """
 
   def __init__(
@@ -135,6 +145,7 @@ class VGG(layers.Staged):
     self.replace_head(num_classes, rngs=rngs)
     blocks = tuple(f"block{i}" for i in range(1, len(block_convs) + 1))
     self.stage_names = blocks + ("classifier", "head")
+    self.cam_layer = f"{blocks[-1]}/conv{block_convs[-1]}"
 
   def run_stage(self, name: str, x: jax.Array) -> jax.Array:
     if name == "head":
@@ -143,6 +154,22 @@ class VGG(layers.Staged):
       x = x.astype(self.dtype)
     call = layers.remat_call_block if self.remat else layers.call_block
     return call(getattr(self, name), x)
+
+  def inner_layers(self) -> dict[str, str]:
+    return {
+      f"{stage}/conv{index}": stage
+      for stage in self.stage_names[:-2]
+      for index in range(1, getattr(self, stage).num_convs + 1)
+    }
+
+  def run_inner(self, layer: str, x: jax.Array, *, after: bool) -> jax.Array:
+    stage, conv = layer.split("/")
+    block, index = getattr(self, stage), int(conv.removeprefix("conv"))
+    if after:
+      return block.pool(block.convs(x, first=index + 1))
+    if stage == "block1":
+      x = x.astype(self.dtype)
+    return block.convs(x, last=index)
 
 
 def _factory(arch: str, batch_norm: bool):
