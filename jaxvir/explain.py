@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017) for every jaxvir backbone, and heat-map overlays.
+"""Grad-CAM (Selvaraju et al. 2017) for every jaxvir backbone.
 
 The computation is pytorch-grad-cam's `GradCAM` (its `base_cam.py`): each channel of the
 layer's activation is weighted by the spatial mean of the class score's gradient with respect
@@ -10,12 +10,14 @@ hooks on torchvision-layout VGG-16 and ResNet-50.
 
 The class score is the logit (the model's output before softmax), as `ClassifierOutputTarget`
 takes it. Models run in eval mode (BatchNorm statistics, no dropout) whatever their mode.
+`jaxvir.plots.overlay_heatmap` draws a map over its image and `plot_grad_cam_grid` a figure of
+several.
 
 Example:
 
   >>> cam = grad_cam(model, images_uint8)  # the predicted class, at model.cam_layer
   >>> cam.maps.shape  # (N, H, W) in [0, 1]
-  >>> picture = overlay(images_uint8[0], cam.maps[0])  # (H, W, 3) uint8
+  >>> picture = jaxvir.plots.overlay_heatmap(images_uint8[0], cam.maps[0])  # (H, W, 3) uint8
 """
 
 import functools
@@ -139,43 +141,3 @@ def _min_max(maps: jax.Array) -> jax.Array:
   low = jnp.min(maps, axis=(1, 2), keepdims=True)
   maps = maps - low
   return maps / (_EPSILON + jnp.max(maps, axis=(1, 2), keepdims=True))
-
-
-def overlay(
-  image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4, colormap: str = "jet"
-) -> np.ndarray:
-  """An image with a heat map blended over it, as a (H, W, 3) uint8 RGB array.
-
-  The heat map is coloured by a matplotlib colormap and mixed with the image:
-  `(1 - alpha) * image + alpha * colour`. Grey images are shown in grey.
-
-  Args:
-    image: (H, W), (H, W, 1) or (H, W, 3) uint8 image.
-    heatmap: (H, W) values in [0, 1] (a Grad-CAM map at the image's size).
-    alpha: weight of the heat map's colour.
-    colormap: a matplotlib colormap name.
-
-  Returns:
-    The blended RGB image.
-
-  Example:
-
-    >>> overlay(np.zeros((4, 4), np.uint8), np.ones((4, 4))).shape
-    (4, 4, 3)
-  """
-  from matplotlib import colormaps
-
-  image, heatmap = np.asarray(image), np.asarray(heatmap, np.float32)
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.ndim != 3 or image.shape[-1] not in (1, 3) or image.shape[:2] != heatmap.shape:
-    raise ValueError(
-      f"image of shape {image.shape} and heat map of shape {heatmap.shape}: expected an "
-      "(H, W), (H, W, 1) or (H, W, 3) image and an (H, W) map of the same size"
-    )
-  if not 0 <= alpha <= 1:
-    raise ValueError(f"alpha={alpha}: expected a weight in [0, 1]")
-  rgb = np.broadcast_to(image, (*image.shape[:2], 3)).astype(np.float32) / 255.0
-  colour = colormaps[colormap](np.clip(heatmap, 0.0, 1.0))[..., :3]
-  blended = (1.0 - alpha) * rgb + alpha * colour
-  return np.round(blended * 255.0).astype(np.uint8)

@@ -176,16 +176,3 @@ def test_small_cnn_explains_grey_images_and_options_are_checked():
     explain.grad_cam(model, images, class_index=[0, 3])
   with pytest.raises(ValueError, match="expected uint8"):
     explain.grad_cam(model, images.astype(np.float32))
-
-
-def test_overlay_blends_the_colormap_over_grey_and_colour_images():
-  grey = np.full((2, 3), 100, np.uint8)
-  heat = np.array([[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]])
-  picture = explain.overlay(grey, heat, alpha=0.0)
-  np.testing.assert_array_equal(picture, np.full((2, 3, 3), 100))
-  hot = explain.overlay(grey, heat, alpha=1.0, colormap="gray")
-  np.testing.assert_array_equal(hot[..., 0], np.round(heat * 255))
-  colour = explain.overlay(np.zeros((2, 3, 3), np.uint8), heat, alpha=0.5)
-  assert colour.dtype == np.uint8 and colour[0, 2, 0] > colour[0, 0, 0]  # jet: red at 1
-  with pytest.raises(ValueError, match="same size"):
-    explain.overlay(grey, heat[:, :2])
