@@ -21,6 +21,8 @@ Example:
 """
 
 import functools
+import pathlib
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -141,3 +143,67 @@ def _min_max(maps: jax.Array) -> jax.Array:
   low = jnp.min(maps, axis=(1, 2), keepdims=True)
   maps = maps - low
   return maps / (_EPSILON + jnp.max(maps, axis=(1, 2), keepdims=True))
+
+
+def write_class_figures(
+  model: nnx.Module,
+  images: np.ndarray,
+  labels: np.ndarray,
+  class_names: Sequence[str],
+  directory: str | pathlib.Path,
+  *,
+  per_class: int = 8,
+  batch_size: int = 16,
+) -> list[pathlib.Path]:
+  """Writes one Grad-CAM figure per class: its first `per_class` images, each with the map of
+  that class over it and the model's prediction as caption (`grad_cam_<class>.png`).
+
+  Args:
+    model: the classifier (any mode; Grad-CAM runs it in eval mode).
+    images: (n, H, W, C) uint8 images, e.g. a split's, in the data set's order.
+    labels: (n,) their true classes.
+    class_names: the model's class names.
+    directory: where the PNG files go (created if needed).
+    per_class: images shown per class.
+    batch_size: images per Grad-CAM call (the last batch is padded: one compiled program).
+
+  Returns:
+    The paths written, one per class with images.
+
+  Example:
+
+    >>> write_class_figures(model, images, labels, ["covid", "normal"], "run/plots/test")
+  """
+  from jaxvir import plots
+
+  images, labels = np.asarray(images), np.asarray(labels)
+  chosen = [np.flatnonzero(labels == k)[:per_class] for k in range(len(class_names))]
+  order = np.concatenate(chosen)
+  if not len(order):
+    return []
+  maps, probs = [], []
+  for start in range(0, len(order), batch_size):
+    index = order[start : start + batch_size]
+    pad = batch_size - len(index)
+    batch = np.concatenate([images[index], np.zeros((pad, *images.shape[1:]), np.uint8)])
+    cam = grad_cam(model, batch, class_index=np.pad(labels[index], (0, pad)))
+    maps.append(np.asarray(cam.maps)[: len(index)])
+    probs.append(np.asarray(jax.nn.softmax(cam.logits, axis=-1))[: len(index)])
+  maps, probs = np.concatenate(maps), np.concatenate(probs)
+  paths, offset = [], 0
+  for name, members in zip(class_names, chosen, strict=True):
+    rows = slice(offset, offset + len(members))
+    offset += len(members)
+    if not len(members):
+      continue
+    captions = [
+      f"predicted {class_names[k]} ({p:.2f})"
+      for k, p in zip(probs[rows].argmax(axis=1), probs[rows].max(axis=1), strict=True)
+    ]
+    path = pathlib.Path(directory) / f"grad_cam_{name}.png"
+    paths.append(
+      plots.plot_grad_cam_grid(
+        images[members], maps[rows], captions, path, title=f"Grad-CAM of {name}"
+      )
+    )
+  return paths

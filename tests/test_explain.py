@@ -176,3 +176,14 @@ def test_small_cnn_explains_grey_images_and_options_are_checked():
     explain.grad_cam(model, images, class_index=[0, 3])
   with pytest.raises(ValueError, match="expected uint8"):
     explain.grad_cam(model, images.astype(np.float32))
+
+
+def test_write_class_figures_explains_each_class_on_its_images(tmp_path):
+  model = models.create("small_cnn", num_classes=3, in_channels=1, widths=(4,), rngs=nnx.Rngs(0))
+  images = np.random.default_rng(11).integers(0, 256, (5, 16, 16, 1), dtype=np.uint8)
+  labels = np.array([2, 0, 2, 2, 0])
+  paths = explain.write_class_figures(
+    model, images, labels, ["a", "b", "c"], tmp_path, per_class=2, batch_size=4
+  )
+  assert [path.name for path in paths] == ["grad_cam_a.png", "grad_cam_c.png"]  # no "b" image
+  assert all(path.stat().st_size > 1000 for path in paths)
