@@ -89,7 +89,6 @@ def grad_cam(
       "with num_classes"
     )
   layer = model.cam_layer if layer is None else layer
-  model._layer_stage(layer)  # a clear error for an unknown layer, before tracing
   images = jnp.asarray(images)
   if images.ndim != 4 or images.dtype != jnp.uint8:
     raise ValueError(
