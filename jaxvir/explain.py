@@ -139,8 +139,7 @@ def _grad_cam(graphdef, state, images, class_index, *, layer: str, resize: bool)
 
 
 def _min_max(maps: jax.Array) -> jax.Array:
-  low = jnp.min(maps, axis=(1, 2), keepdims=True)
-  maps = maps - low
+  maps = maps - jnp.min(maps, axis=(1, 2), keepdims=True)
   return maps / (_EPSILON + jnp.max(maps, axis=(1, 2), keepdims=True))
 
 
