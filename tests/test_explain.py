@@ -71,17 +71,15 @@ def abstract(arch, **kwargs):
   return nnx.eval_shape(lambda: models.create(arch, rngs=nnx.Rngs(0), **kwargs))
 
 
-def assert_parity(model, reference, layer, images, class_index=None, *, resize=False):
-  """Compares the maps before resizing, or after `resized_reference` with `resize`."""
+def assert_parity(model, reference, layer, images, class_index=None):
+  """Compares the maps before resizing."""
   x = np.transpose(np.asarray(model.preprocess(jnp.asarray(images))), (0, 3, 1, 2))
   for parameter in reference.parameters():
     parameter.requires_grad_(False)  # gradients flow to the activation only
   expected, expected_class, expected_logits = torch_grad_cam(reference, layer, x, class_index)
   # Random weights must still give maps worth comparing: several distinct positive values.
   assert all(len(np.unique(np.round(cam[cam > 0], 4))) >= 3 for cam in expected)
-  if resize:
-    expected = resized_reference(expected, images.shape[1])
-  cam = explain.grad_cam(model, images, class_index=class_index, resize=resize)
+  cam = explain.grad_cam(model, images, class_index=class_index, resize=False)
   np.testing.assert_array_equal(cam.class_index, expected_class)
   assert_close(cam.logits, expected_logits, tolerance=1e-5, name="logits")
   for actual, wanted in zip(np.asarray(cam.maps), expected, strict=True):
@@ -104,6 +102,8 @@ def test_vgg16_matches_pytorch_grad_cam_at_block5_conv3():
   # features[29] is the ReLU of block 5's third convolution (Keras' `block5_conv3` output).
   cam = assert_parity(model, reference, reference.features[29], images)
   assert cam.maps.shape == (2, 4, 4)
+  # Explicit classes (the same compiled program: classes are an array argument).
+  assert_parity(model, reference, reference.features[29], images, class_index=np.array([3, 2]))
 
 
 def test_resnet50_matches_pytorch_grad_cam_at_the_last_bottleneck():
@@ -113,11 +113,6 @@ def test_resnet50_matches_pytorch_grad_cam_at_the_last_bottleneck():
   images = np.random.default_rng(8).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
   cam = assert_parity(model, reference, reference.layer4[-1], images)
   assert cam.maps.shape == (2, 4, 4)
-  # Explicit classes, and the maps resized to the input as pytorch-grad-cam resizes them.
-  cam = assert_parity(
-    model, reference, reference.layer4[-1], images, class_index=np.array([3, 2]), resize=True
-  )
-  assert cam.maps.shape == (2, 128, 128)
 
 
 def resized_reference(maps, size):
@@ -160,13 +155,15 @@ def test_densenet_split_composes_to_its_head():
   np.testing.assert_allclose(split, model.run(features, start="head"), rtol=1e-6, atol=1e-6)
 
 
-def test_small_cnn_explains_grey_images_and_options_are_checked():
+def test_small_cnn_maps_resize_as_pytorch_grad_cam_and_options_are_checked():
   images = np.random.default_rng(10).integers(0, 256, (2, 24, 24, 1), dtype=np.uint8)
   model = models.create("small_cnn", num_classes=3, in_channels=1, rngs=nnx.Rngs(0))
   assert model.cam_layer == "block3/relu"
-  cam = explain.grad_cam(model, images, layer="block2/relu", class_index=2, resize=False)
-  assert cam.maps.shape == (2, 12, 12) and float(np.max(cam.maps)) > 0.99
-  np.testing.assert_array_equal(cam.class_index, [2, 2])
+  small = explain.grad_cam(model, images, layer="block2/relu", class_index=2, resize=False)
+  assert small.maps.shape == (2, 12, 12)
+  np.testing.assert_array_equal(small.class_index, [2, 2])
+  full = explain.grad_cam(model, images, layer="block2/relu", class_index=2)
+  np.testing.assert_allclose(full.maps, resized_reference(np.asarray(small.maps), 24), atol=1e-5)
   assert not model.dropout.deterministic  # the caller's model stays in training mode
   with pytest.raises(ValueError, match="layer='block9': expected a stage"):
     explain.grad_cam(model, images, layer="block9")
