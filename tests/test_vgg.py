@@ -141,7 +141,10 @@ def test_keras_notop_vgg19_file_converts_and_loads_with_a_fresh_classifier(tmp_p
   assert metadata["unconverted"] == [
     f"classifier/{layer}/{name}" for layer in ("fc1", "fc2") for name in ("bias", "kernel")
   ]
-  model, preprocess = load_pretrained(tmp_path / "vgg19", num_classes=3, rngs=nnx.Rngs(5))
+  model, preprocess = load_pretrained(
+    tmp_path / "vgg19", num_classes=3, rngs=nnx.Rngs(5), dropout=0.5
+  )
+  assert model.classifier.dropout2.rate == 0.5  # the CXR study's head on Keras weights
   x = np.random.default_rng(3).standard_normal((2, 32, 32, 3)).astype(np.float32)
   expected = keras_stage_outputs(reference, x, {f"block{i}": f"block{i}_pool" for i in range(1, 6)})
   actual = jax_stage_outputs(model, jnp.asarray(x), stop="block5")
