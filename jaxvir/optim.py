@@ -161,13 +161,55 @@ def _base_optimizer(config: ml_collections.ConfigDict, lr: optax.Schedule, decay
       mask=decay_mask,
     )
   if config.name == "rmsprop":
-    return optax.rmsprop(lr, decay=config.rms_decay, eps=config.eps, momentum=config.momentum)
+    return rmsprop(
+      lr, decay=config.rms_decay, eps=config.eps, eps_in_sqrt=config.rms_eps_in_sqrt,
+      momentum=config.rms_momentum,
+    )
   if config.name == "radam":
     return optax.radam(lr, b1=config.b1, b2=config.b2, eps=config.eps)
   raise ValueError(f"optim.name: unknown optimizer {config.name!r}; one of {OPTIMIZERS}")
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "radam")
+
+
+def rmsprop(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  decay: float = 0.9,
+  eps: float = 1e-7,
+  eps_in_sqrt: bool = True,
+  momentum: float = 0.0,
+) -> optax.GradientTransformation:
+  """RMSprop with Keras' defaults, or any of the common conventions for epsilon.
+
+  The update is `v = decay * v + (1 - decay) * g**2` (v starts at zero, no bias correction),
+  then `p -= lr * g / sqrt(v + eps)` (`eps_in_sqrt=True`: Keras 3, `tf.keras` 2.x and optax's
+  default) or `p -= lr * g / (sqrt(v) + eps)` (False: standalone Keras up to 2.3, PyTorch). The
+  two differ wherever `v` is not much larger than `eps`: with `eps=1e-7` and a gradient of 1e-4
+  the first step is 10x shorter with epsilon inside the root. Momentum, when non-zero, is
+  Keras' (and PyTorch's): `m = momentum * m + lr * g / denominator; p -= m`.
+
+  The defaults are `keras.optimizers.RMSprop()`'s (rho 0.9, no momentum, epsilon 1e-7, not
+  centered); `tests/test_optim.py` checks the updates against Keras 3 step by step.
+
+  Args:
+    learning_rate: a rate or an optax schedule.
+    decay: the discount of the squared-gradient average (Keras' `rho`, PyTorch's `alpha`).
+    eps: epsilon of the denominator.
+    eps_in_sqrt: whether epsilon is added inside the square root.
+    momentum: plain (not Nesterov) momentum; 0 keeps no momentum state.
+
+  Returns:
+    An optax transformation.
+
+  Example:
+
+    >>> tx = rmsprop(1e-5)  # keras.optimizers.RMSprop(learning_rate=1e-5)
+  """
+  return optax.rmsprop(
+    learning_rate, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt, momentum=momentum or None
+  )
 
 
 def make_optimizer(

@@ -376,3 +376,88 @@ def plot_count_scatter(
   axes.grid(alpha=0.3)
   axes.legend(loc="upper left", fontsize="small")
   return _save(figure, path)
+
+
+def overlay_heatmap(
+  image: Any, heatmap: Any, *, alpha: float = 0.4, colormap: str = "jet"
+) -> np.ndarray:
+  """An image with a heat map blended over it, as a (H, W, 3) uint8 RGB array.
+
+  The heat map is coloured by a matplotlib colormap and mixed with the image:
+  `(1 - alpha) * image + alpha * colour`. Grey images stay grey under the colour.
+
+  Args:
+    image: (H, W), (H, W, 1) or (H, W, 3) uint8 image.
+    heatmap: (H, W) values in [0, 1], e.g. a `jaxvir.explain.grad_cam` map at the image's size.
+    alpha: weight of the heat map's colour.
+    colormap: a matplotlib colormap name.
+
+  Returns:
+    The blended RGB image.
+
+  Example:
+    >>> overlay_heatmap(np.zeros((4, 4), np.uint8), np.ones((4, 4))).shape
+    (4, 4, 3)
+  """
+  from matplotlib import colormaps
+
+  image, heatmap = np.asarray(image), np.asarray(heatmap, np.float32)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3) or image.shape[:2] != heatmap.shape:
+    raise ValueError(
+      f"image of shape {image.shape} and heat map of shape {heatmap.shape}: expected an "
+      "(H, W), (H, W, 1) or (H, W, 3) image and an (H, W) map of the same size."
+    )
+  if not 0 <= alpha <= 1:
+    raise ValueError(f"alpha={alpha}: expected a weight in [0, 1].")
+  rgb = np.broadcast_to(image, (*image.shape[:2], 3)).astype(np.float32) / 255.0
+  colour = colormaps[colormap](np.clip(heatmap, 0.0, 1.0))[..., :3]
+  blended = (1.0 - alpha) * rgb + alpha * colour
+  return np.round(blended * 255.0).astype(np.uint8)
+
+
+def plot_grad_cam_grid(
+  images: Any,
+  maps: Any,
+  labels: Sequence[str],
+  path: str | pathlib.Path,
+  *,
+  title: str = "Grad-CAM",
+  columns: int = 4,
+  alpha: float = 0.4,
+) -> pathlib.Path:
+  """Writes a grid of images, each with its Grad-CAM map blended over it and a caption.
+
+  Args:
+    images: (n, H, W) or (n, H, W, 1 or 3) uint8 images.
+    maps: (n, H, W) maps in [0, 1] at the images' size (`jaxvir.explain.grad_cam(...).maps`).
+    labels: n captions, e.g. "true covid, predicted covid (0.93)".
+    path: the PNG file to write.
+    title: figure title, e.g. the class the figure shows.
+    columns: images per row.
+    alpha: weight of the heat map's colour (`overlay_heatmap`).
+
+  Returns:
+    The path written.
+
+  Example:
+    >>> plot_grad_cam_grid(images, cam.maps, ["covid"] * len(images), "/tmp/cam_covid.png")
+    PosixPath('/tmp/cam_covid.png')
+  """
+  images, maps = np.asarray(images), np.asarray(maps)
+  if len(images) != len(maps) or len(images) != len(labels) or len(images) == 0:
+    raise ValueError(
+      f"expected as many images, maps and labels (at least one), got {len(images)}, "
+      f"{len(maps)} and {len(labels)}."
+    )
+  columns = min(columns, len(images))
+  rows = math.ceil(len(images) / columns)
+  figure = _new_figure(2.6 * columns, 2.6 * rows + 0.4)
+  figure.suptitle(title)
+  for index, (image, heatmap, label) in enumerate(zip(images, maps, labels, strict=True)):
+    axes = figure.add_subplot(rows, columns, index + 1)
+    axes.imshow(overlay_heatmap(image, heatmap, alpha=alpha))
+    axes.set_title(label, fontsize="small")
+    axes.set_axis_off()
+  return _save(figure, path)

@@ -213,3 +213,27 @@ def _load_script(name):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def test_explain_script_writes_grad_cam_overlays(trained_run, tmp_path, capsys):
+  images = tmp_path / "images"
+  images.mkdir()
+  for index in range(2):
+    Image.fromarray(np.full((20, 20), 90 * index, np.uint8)).save(images / f"{index}.png")
+  (images / "broken.png").write_bytes(b"not a png")
+  xray = sorted((DATA_DIR / "cxr3" / "covid").glob("*.png"))[0]
+  out = tmp_path / "cams"
+  script = _load_script("explain")
+  arguments = ["--workdir", str(trained_run), "--checkpoint", "last", "--out", str(out)]
+  assert script.main([*arguments, str(images), str(xray)]) == 0
+  written = sorted(path.name for path in out.iterdir())
+  assert written == sorted(["0_gradcam.png", "1_gradcam.png", f"{xray.stem}_gradcam.png"])
+  with Image.open(out / f"{xray.stem}_gradcam.png") as picture:
+    assert picture.size == (16, 16) and picture.mode == "RGB"  # the run's input size
+  captured = capsys.readouterr()
+  assert "wrote 3 overlays" in captured.out and "broken.png: UnidentifiedImageError" in captured.err
+  names = list(evaluate.load_classifier(trained_run, checkpoint="last").dataset.class_names)
+  assert script.main([*arguments, "--class", names[1], str(xray)]) == 0
+  assert f": {names[1]} (" in capsys.readouterr().out
+  assert script.main([*arguments, "--class", "nope", str(xray)]) == 1
+  assert "--class 'nope' is not one of" in capsys.readouterr().err

@@ -118,12 +118,15 @@ def test_each_optimizer_matches_optax(name):
   params = {"w": jnp.array([1.0, -2.0])}
   grads = {"w": jnp.array([0.5, 0.25])}
   labels = {"w": optim.TRAINABLE}
-  config = optim_config(name=name, learning_rate=0.1)
+  # rmsprop reads its own momentum, not sgd's `momentum`.
+  rmsprop_fields = {"rms_momentum": 0.5, "rms_eps_in_sqrt": False} if name == "rmsprop" else {}
+  config = optim_config(name=name, learning_rate=0.1, momentum=0.9, **rmsprop_fields)
   tx = optim.make_optimizer(config, schedule=optax.constant_schedule(0.1), labels=labels)
   reference = {
     "sgd": optax.sgd(0.1, momentum=0.9), "adam": optax.adam(0.1),
     "adamw": optax.adamw(0.1, weight_decay=0.0),
-    "rmsprop": optax.rmsprop(0.1, decay=0.9, eps=1e-8, momentum=0.9), "radam": optax.radam(0.1),
+    "rmsprop": optax.rmsprop(0.1, decay=0.9, eps=1e-8, momentum=0.5, eps_in_sqrt=False),
+    "radam": optax.radam(0.1),
   }[name]
   ours, _ = tx.update(grads, tx.init(params), params)
   theirs, _ = reference.update(grads, reference.init(params), params)
@@ -140,3 +143,68 @@ def test_schedules():
   schedule = optim.make_schedule(config, steps_per_epoch=10, total_steps=30)
   np.testing.assert_allclose([schedule(s) for s in (0, 10, 20, 30)], [0.0, 1.0, 0.5, 0.0],
                              atol=1e-6)
+
+
+def rmsprop_trajectory(tx, params, grads):
+  """The parameters after each update of `tx` by the successive gradients `grads`."""
+  state, trajectory = tx.init(params), []
+  for grad in grads:
+    updates, state = tx.update(grad, state, params)
+    params = optax.apply_updates(params, updates)
+    trajectory.append(np.asarray(params))
+  return np.stack(trajectory)
+
+
+# Gradients from 1e-6 to 1: with epsilon 1e-7, the small ones are where its placement matters.
+RMSPROP_GRADS = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32) * np.float32(
+  [1.0, 1e-2, 1e-4, 1e-5, 1e-6]
+)
+
+
+def test_rmsprop_defaults_match_keras_step_by_step():
+  import os
+
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  import keras
+
+  start = np.array([1.0, -2.0, 0.5, 3.0, -0.25], np.float32)
+  variable = keras.Variable(start)
+  reference = keras.optimizers.RMSprop(learning_rate=1e-2)  # rho 0.9, epsilon 1e-7
+  expected = []
+  for grad in RMSPROP_GRADS:
+    reference.apply_gradients([(keras.ops.convert_to_tensor(grad), variable)])
+    expected.append(np.asarray(variable.value))
+  ours = rmsprop_trajectory(optim.rmsprop(1e-2), jnp.asarray(start), jnp.asarray(RMSPROP_GRADS))
+  np.testing.assert_allclose(ours, np.stack(expected), rtol=1e-6, atol=0)
+
+
+def test_rmsprop_epsilon_outside_the_root_and_momentum():
+  # Standalone Keras 2.3's formula (PyTorch's too), with momentum as Keras and PyTorch apply it.
+  start = np.array([1.0, -2.0, 0.5, 3.0, -0.25])
+  params, velocity, momentum, expected = start.copy(), np.zeros(5), np.zeros(5), []
+  for grad in RMSPROP_GRADS.astype(np.float64):
+    velocity = 0.9 * velocity + 0.1 * grad**2
+    momentum = 0.5 * momentum + 1e-2 * grad / (np.sqrt(velocity) + 1e-7)
+    params = params - momentum
+    expected.append(params)
+  tx = optim.rmsprop(1e-2, eps_in_sqrt=False, momentum=0.5)
+  ours = rmsprop_trajectory(tx, jnp.asarray(start, jnp.float32), jnp.asarray(RMSPROP_GRADS))
+  np.testing.assert_allclose(ours, np.stack(expected), rtol=1e-6, atol=0)
+  inside = rmsprop_trajectory(
+    optim.rmsprop(1e-2, momentum=0.5), jnp.asarray(start, jnp.float32), jnp.asarray(RMSPROP_GRADS)
+  )
+  # A gradient of 1e-6 moves 10x less with epsilon inside the root.
+  assert abs(inside[0, 4] - start[4]) < 0.1 * abs(ours[0, 4] - start[4])
+
+
+def test_make_optimizer_rmsprop_reads_its_own_momentum():
+  # The CXR study's settings: Keras' RMSprop although sgd's `momentum` is 0.9.
+  config = optim_config(
+    name="rmsprop", learning_rate=1e-2, momentum=0.9, rms_decay=0.9, eps=1e-7, rms_momentum=0.0,
+    rms_eps_in_sqrt=True,
+  )
+  tx = optim.make_optimizer(config, schedule=optax.constant_schedule(1e-2), labels=optim.TRAINABLE)
+  params, grads = jnp.array([1.0, -2.0]), jnp.asarray(RMSPROP_GRADS[:3, :2])
+  ours = rmsprop_trajectory(tx, params, grads)
+  reference = rmsprop_trajectory(optim.rmsprop(1e-2), params, grads)
+  np.testing.assert_array_equal(ours, reference)

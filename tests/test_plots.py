@@ -104,3 +104,27 @@ def test_curves_reject_mismatched_class_names(tmp_path, classification_inputs):
   labels, probs, _ = classification_inputs
   with pytest.raises(ValueError, match=r"probs of shape \(n, 2\) for 2 class names"):
     plots.plot_roc_curves(labels, probs, ["a", "b"], tmp_path / "roc.png")
+
+
+def test_overlay_heatmap_blends_the_colormap_over_grey_and_colour_images():
+  grey = np.full((2, 3), 100, np.uint8)
+  heat = np.array([[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]])
+  unchanged = plots.overlay_heatmap(grey, heat, alpha=0.0)
+  np.testing.assert_array_equal(unchanged, np.full((2, 3, 3), 100))
+  hot = plots.overlay_heatmap(grey, heat, alpha=1.0, colormap="gray")
+  np.testing.assert_array_equal(hot[..., 0], np.round(heat * 255))
+  colour = plots.overlay_heatmap(np.zeros((2, 3, 3), np.uint8), heat, alpha=0.5)
+  assert colour.dtype == np.uint8 and colour[0, 2, 0] > colour[0, 0, 0]  # jet: red at 1
+  with pytest.raises(ValueError, match="same size"):
+    plots.overlay_heatmap(grey, heat[:, :2])
+
+
+def test_grad_cam_grid(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (5, 32, 32, 1), dtype=np.uint8)
+  maps = rng.random((5, 32, 32))
+  labels = [f"true covid, predicted normal ({p:.2f})" for p in rng.random(5)]
+  path = plots.plot_grad_cam_grid(images, maps, labels, tmp_path / "cam.png", title="covid")
+  _assert_png(path)
+  with pytest.raises(ValueError, match="as many images, maps and labels"):
+    plots.plot_grad_cam_grid(images, maps[:4], labels, tmp_path / "bad.png")

@@ -142,7 +142,10 @@ def test_keras_notop_vgg19_file_converts_and_loads_with_a_fresh_classifier(tmp_p
   assert metadata["unconverted"] == [
     f"classifier/{layer}/{name}" for layer in ("fc1", "fc2") for name in ("bias", "kernel")
   ]
-  model, preprocess = load_pretrained(tmp_path / "vgg19", num_classes=3, rngs=nnx.Rngs(5))
+  model, preprocess = load_pretrained(
+    tmp_path / "vgg19", num_classes=3, rngs=nnx.Rngs(5), dropout=0.5
+  )
+  assert model.classifier.dropout2.rate == 0.5  # the CXR study's head on Keras weights
   x = np.random.default_rng(3).standard_normal((2, 32, 32, 3)).astype(np.float32)
   expected = keras_stage_outputs(reference, x, {f"block{i}": f"block{i}_pool" for i in range(1, 6)})
   actual = jax_stage_outputs(model, jnp.asarray(x), stop="block5")
@@ -155,13 +158,41 @@ def test_keras_notop_vgg19_file_converts_and_loads_with_a_fresh_classifier(tmp_p
   assert np.isfinite(np.asarray(model(preprocess(jnp.asarray(images))))).all()
 
 
-def test_dropout_only_in_the_torchvision_variant():
+def test_dropout_defaults_to_the_source_and_is_a_field_of_both_variants():
   torchvision_model, keras_model = abstract_vgg("vgg16"), abstract_vgg("vgg16", variant="keras")
   assert keras_model.classifier.dropout1 is None and keras_model.classifier.dropout2 is None
   dropout = torchvision_model.classifier.dropout2
   assert dropout.rate == 0.5 and not dropout.deterministic
   torchvision_model.eval()
   assert dropout.deterministic
+  assert abstract_vgg("vgg19", variant="keras", dropout=0.3).classifier.dropout1.rate == 0.3
+  assert abstract_vgg("vgg16", dropout=0.0).classifier.dropout1 is None
+  with pytest.raises(ValueError, match="dropout=1.0: expected a rate in"):
+    abstract_vgg("vgg16", dropout=1.0)
+
+
+def test_keras_variant_dropout_drops_in_training_only():
+  classifier = abstract_vgg("vgg16", variant="keras", dropout=0.5).classifier
+  # Narrow fully connected layers drawn by numpy, and real random streams, keep this fast.
+  rngs = nnx.Rngs(params=0, dropout=1)
+  draw = lambda key, shape, dtype: jnp.asarray(
+    np.random.default_rng(6).standard_normal(shape) / np.sqrt(shape[0]), dtype
+  )
+  classifier.fc1 = nnx.Linear(7 * 7 * 512, 64, kernel_init=draw, rngs=rngs)
+  classifier.fc2 = nnx.Linear(64, 64, kernel_init=draw, rngs=rngs)
+  classifier.dropout1.rngs = rngs["dropout"].fork()
+  classifier.dropout2.rngs = rngs["dropout"].fork()
+  forward = nnx.jit(lambda m, x: m(x))
+  x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 1, 1, 512)), jnp.float32)
+  classifier.eval()
+  first, second = np.asarray(forward(classifier, x)), np.asarray(forward(classifier, x))
+  np.testing.assert_array_equal(first, second)
+  classifier.train()
+  third, fourth = np.asarray(forward(classifier, x)), np.asarray(forward(classifier, x))
+  assert not np.allclose(third, first) and not np.allclose(third, fourth)
+  assert np.mean(third == 0) > np.mean(first == 0) + 0.2
+  dropped = np.asarray(nnx.jit(lambda m, x: m.dropout1(x))(classifier, jnp.ones((4, 4096))))
+  assert set(np.unique(dropped)) == {0.0, 2.0} and 0.4 < np.mean(dropped == 0) < 0.6
 
 
 def test_keras_has_no_batch_norm_variant_and_stages_are_named():

@@ -148,7 +148,8 @@ class DenseNet(layers.Staged):
 
   `head` applies `final_bn` and a ReLU, averages over space and applies the linear classifier;
   without a classifier (`num_classes=None`) it returns the pooled features (1024 for
-  DenseNet-121, 1664 for 169, 1920 for 201). Logits are float32.
+  DenseNet-121, 1664 for 169, 1920 for 201). Logits are float32. The inner layer `final_relu`
+  (Grad-CAM's default) is that ReLU's output: torchvision's `F.relu(features)`, Keras' `relu`.
   """
 
   def __init__(
@@ -188,14 +189,27 @@ class DenseNet(layers.Staged):
       layers.linear(features, num_classes, dtype=dtype, rngs=rngs) if num_classes else None
     )
     self.stage_names = (*stage_names, "head")
+    self.cam_layer = "final_relu"
 
   def run_stage(self, name: str, x: jax.Array) -> jax.Array:
     if name == "stem":
       return self.stem(x.astype(self.dtype))
     if name == "head":
-      features = layers.global_avg_pool(jax.nn.relu(self.final_bn(x)))
-      return features if self.head is None else self.head(features).astype(jnp.float32)
+      return self._classify(self._final_relu(x))
     return getattr(self, name)(x)
+
+  def inner_layers(self) -> dict[str, str]:
+    return {"final_relu": "head"}
+
+  def run_inner(self, layer: str, x: jax.Array, *, after: bool) -> jax.Array:
+    return self._classify(x) if after else self._final_relu(x)
+
+  def _final_relu(self, x: jax.Array) -> jax.Array:
+    return jax.nn.relu(self.final_bn(x))
+
+  def _classify(self, x: jax.Array) -> jax.Array:
+    features = layers.global_avg_pool(x)
+    return features if self.head is None else self.head(features).astype(jnp.float32)
 
 
 def _factory(arch: str):

@@ -367,18 +367,73 @@ class Staged(nnx.Module):
 
   Subclasses set `stage_names` (ending with `"head"`), `preprocessing` (a key of
   `PREPROCESSING`), `dtype`, `num_features` (the input size of the linear `head`, which is None
-  in feature-only models) and implement `run_stage(name, x)`. `run` lets a caller compute the
-  output of a frozen prefix once and train only the remaining stages:
+  in feature-only models), `cam_layer` (Grad-CAM's default layer: the last convolution's
+  activation) and implement `run_stage(name, x)`. `run` lets a caller compute the output of a
+  frozen prefix once and train only the remaining stages:
   `model.run(model.run(x, stop="stage2"), start="stage3")` equals `model(x)`.
+
+  `run_to` and `run_after` split the forward pass at a layer, a stage or a point inside one
+  (`inner_layers`, computed by `run_inner`), so that `jaxvir.explain` can differentiate the
+  output with respect to that layer's activation:
+  `model.run_after(model.run_to(x, "block5/conv3"), "block5/conv3")` equals `model(x)`.
   """
 
   stage_names: tuple[str, ...]
   preprocessing: str
   num_features: int
   head: nnx.Linear | None
+  cam_layer: str
 
   def run_stage(self, name: str, x: jax.Array) -> jax.Array:
     raise NotImplementedError(f"{type(self).__name__} does not implement run_stage")
+
+  def inner_layers(self) -> dict[str, str]:
+    """Layers inside stages where `run_to` can stop, each mapped to its stage (none here)."""
+    return {}
+
+  def run_inner(self, layer: str, x: jax.Array, *, after: bool) -> jax.Array:
+    """The part of an inner layer's stage up to the layer's output or, `after`, the rest."""
+    raise NotImplementedError(f"{type(self).__name__} has no inner layers")
+
+  def _layer_stage(self, layer: str) -> tuple[str, bool]:
+    inner = self.inner_layers()
+    if layer in inner:
+      return inner[layer], True
+    if layer in self.stage_names:
+      return layer, False
+    raise ValueError(
+      f"layer={layer!r}: expected a stage {self.stage_names} or an inner layer {tuple(inner)}"
+    )
+
+  def run_to(self, x: jax.Array, layer: str) -> jax.Array:
+    """The activation of `layer` (a stage or an inner layer) for preprocessed images `x`.
+
+    Example:
+
+      >>> activation = model.run_to(model.preprocess(images), "block5/conv3")
+    """
+    stage, inner = self._layer_stage(layer)
+    if not inner:
+      return self.run(x, stop=stage)
+    index = self.stage_names.index(stage)
+    if index > 0:
+      x = self.run(x, stop=self.stage_names[index - 1])
+    return self.run_inner(layer, x, after=False)
+
+  def run_after(self, activation: jax.Array, layer: str) -> jax.Array:
+    """The model's output from the activation of `layer`: the forward pass `run_to` stopped.
+
+    Example:
+
+      >>> logits = model.run_after(activation, "block5/conv3")
+    """
+    stage, inner = self._layer_stage(layer)
+    if inner:
+      activation = self.run_inner(layer, activation, after=True)
+    index = self.stage_names.index(stage)
+    if index == len(self.stage_names) - 1:
+      return activation
+    return self.run(activation, start=self.stage_names[index + 1])
 
   def _stage_index(self, name: str, argument: str) -> int:
     if name not in self.stage_names:

@@ -95,8 +95,8 @@ def load_pretrained(
   num_classes: int | None = None,
   *,
   dtype=jnp.float32,
-  remat: bool = False,
   rngs: nnx.Rngs | None = None,
+  **model_kwargs,
 ) -> tuple[layers.Staged, Callable[[jax.Array], jax.Array]]:
   """Builds the converted backbone in `directory` and loads its weights.
 
@@ -107,8 +107,9 @@ def load_pretrained(
       Layers a feature-only file lacks (VGG's fc1 and fc2 in Keras "notop" files) are
       initialised freshly from `rngs`.
     dtype: compute dtype.
-    remat: rematerialise blocks in the backward pass.
     rngs: random streams for the fresh head and dropout (default `nnx.Rngs(0)`).
+    **model_kwargs: further arguments of the architecture's factory, e.g. `remat=True`, or
+      VGG's `dropout=0.5` (architecture and variant come from the conversion).
 
   Returns:
     `(model, preprocess)`: the model in eval mode, and the source's preprocessing of uint8
@@ -144,7 +145,7 @@ def load_pretrained(
       rngs=rngs,
       dtype=dtype,
       variant=metadata["variant"],
-      remat=remat,
+      **model_kwargs,
     )
 
   # Layers the file lacked (a "notop" file's fc1 and fc2) keep a real fresh initialisation.

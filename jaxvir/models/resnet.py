@@ -101,6 +101,8 @@ class ResNet(layers.Staged):
 
   `head` averages the final map over space and applies the linear classifier; without a
   classifier (`num_classes=None`) it returns the 2048 pooled features. Logits are float32.
+  Grad-CAM's default layer is `stage4`, the last bottleneck's output (torchvision's
+  `layer4[-1]`, Keras' `conv5_block3_out`).
   """
 
   def __init__(
@@ -138,6 +140,7 @@ class ResNet(layers.Staged):
     self.num_features = in_features
     self.replace_head(num_classes, rngs=rngs)
     self.stage_names = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
+    self.cam_layer = "stage4"
 
   def run_stage(self, name: str, x: jax.Array) -> jax.Array:
     if name == "stem":

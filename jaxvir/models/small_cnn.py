@@ -21,13 +21,21 @@ class ConvBlock(nnx.Module):
     self.norm = nnx.BatchNorm(out_features, momentum=0.9, dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = self.norm(self.conv(x)).astype(x.dtype)
-    return nnx.max_pool(jax.nn.relu(x), (2, 2), strides=(2, 2))
+    return self.pool(self.activation(x))
+
+  def activation(self, x: jax.Array) -> jax.Array:
+    """The block's map before pooling: convolution, BatchNorm and ReLU."""
+    return jax.nn.relu(self.norm(self.conv(x)).astype(x.dtype))
+
+  @staticmethod
+  def pool(x: jax.Array) -> jax.Array:
+    return nnx.max_pool(x, (2, 2), strides=(2, 2))
 
 
 class SmallCNN(layers.Staged):
   """`ConvBlock`s `block1`..`blockN`, then a `head` stage: global average pooling, dropout and a
-  linear layer. Parameter groups for freezing: `block1`, ..., `head`."""
+  linear layer. Parameter groups for freezing: `block1`, ..., `head`. Inner layers
+  `block{i}/relu` are each block's map before pooling; Grad-CAM's default is the last one."""
 
   def __init__(
     self,
@@ -46,6 +54,7 @@ class SmallCNN(layers.Staged):
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
     self.head = nnx.Linear(channels[-1], num_classes, dtype=dtype, rngs=rngs)
     self.stage_names = (*(f"block{i}" for i in range(1, len(widths) + 1)), "head")
+    self.cam_layer = f"block{len(widths)}/relu"
 
   def preprocess(self, images: jax.Array) -> jax.Array:
     """Scales uint8 images to [0, 1] in the compute dtype."""
@@ -55,6 +64,13 @@ class SmallCNN(layers.Staged):
     if name == "head":
       return self.head(self.dropout(jnp.mean(x, axis=(1, 2))))
     return getattr(self, name)(x)
+
+  def inner_layers(self) -> dict[str, str]:
+    return {f"{stage}/relu": stage for stage in self.stage_names[:-1]}
+
+  def run_inner(self, layer: str, x: jax.Array, *, after: bool) -> jax.Array:
+    block = getattr(self, layer.split("/")[0])
+    return block.pool(x) if after else block.activation(x)
 
 
 @register("small_cnn")

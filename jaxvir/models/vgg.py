@@ -3,8 +3,9 @@
 Both sources share the architecture; they differ in the classifier's input order (torchvision's
 `classifier.0` reads a C,H,W flattening of a 7x7 adaptively pooled map, Keras' `fc1` an H,W,C
 flattening: jaxvir flattens H,W,C and the converter permutes torchvision's rows), in dropout
-(torchvision only) and in preprocessing. Keras has no BatchNorm variants. The weight rule tables
-are in `jaxvir.models.weights.tables`.
+after fc1 and fc2 (torchvision 0.5, Keras none; the `dropout` argument sets it for either) and in
+preprocessing. Keras has no BatchNorm variants. The weight rule tables are in
+`jaxvir.models.weights.tables`.
 
 Parameter paths: `block{1..5}/conv{i}` (and `block{b}/bn{i}` with BatchNorm),
 `classifier/{fc1,fc2}`, `head` (the final linear layer).
@@ -28,7 +29,7 @@ BLOCK_CONVS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
 POOLED_SIZE = 7
 HIDDEN = 4096
-DROPOUT = 0.5
+DROPOUT = {"torchvision": 0.5, "keras": 0.0}  # each source's dropout after fc1 and fc2
 
 
 class Block(nnx.Module):
@@ -58,23 +59,32 @@ class Block(nnx.Module):
     self.batch_norm = batch_norm
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    for index in range(1, self.num_convs + 1):
+    return self.pool(self.convs(x))
+
+  def convs(self, x: jax.Array, *, first: int = 1, last: int | None = None) -> jax.Array:
+    """Convolutions `first` to `last` (default: all), each with its BatchNorm and ReLU."""
+    for index in range(first, (last or self.num_convs) + 1):
       x = getattr(self, f"conv{index}")(x)
       if self.batch_norm:
         x = getattr(self, f"bn{index}")(x)
       x = jax.nn.relu(x)
+    return x
+
+  @staticmethod
+  def pool(x: jax.Array) -> jax.Array:
     return layers.max_pool(x, window=2, stride=2)
 
 
 class Classifier(nnx.Module):
-  """Adaptive 7x7 average pooling, H,W,C flattening, fc1 and fc2 with ReLU (and dropout)."""
+  """Adaptive 7x7 average pooling, H,W,C flattening, fc1 and fc2 with ReLU, each followed by
+  dropout at rate `dropout` (no dropout layers at rate 0)."""
 
-  def __init__(self, *, dropout: bool, dtype, rngs: nnx.Rngs):
+  def __init__(self, *, dropout: float, dtype, rngs: nnx.Rngs):
     in_features = POOLED_SIZE * POOLED_SIZE * BLOCK_WIDTHS[-1]
     self.fc1 = layers.linear(in_features, HIDDEN, dtype=dtype, rngs=rngs)
     self.fc2 = layers.linear(HIDDEN, HIDDEN, dtype=dtype, rngs=rngs)
-    self.dropout1 = nnx.Dropout(DROPOUT, rngs=rngs) if dropout else None
-    self.dropout2 = nnx.Dropout(DROPOUT, rngs=rngs) if dropout else None
+    self.dropout1 = nnx.Dropout(dropout, rngs=rngs) if dropout else None
+    self.dropout2 = nnx.Dropout(dropout, rngs=rngs) if dropout else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     # At 224x224 the map is already 7x7 and the pooling is the identity (Keras' Flatten).
@@ -93,7 +103,9 @@ class VGG(layers.Staged):
   """VGG; stages `block1`..`block5`, `classifier` and `head`.
 
   Without a head (`num_classes=None`) the `head` stage is the identity and the model returns
-  fc2's 4096 features. Logits are float32.
+  fc2's 4096 features. Logits are float32. Inner layers `block{b}/conv{i}` are the ReLU
+  activations of each convolution (Keras' `block{b}_conv{i}` outputs); Grad-CAM's default is the
+  last one (VGG-16 `block5/conv3`, VGG-19 `block5/conv4`).
   """
 
   def __init__(
@@ -103,11 +115,14 @@ class VGG(layers.Staged):
     batch_norm: bool,
     num_classes: int | None,
     variant: str,
+    dropout: float,
     dtype,
     remat: bool,
     rngs: nnx.Rngs,
   ):
     check_variant(variant)
+    if not 0 <= dropout < 1:
+      raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
     self.variant = variant
     self.dtype = dtype
     self.remat = remat
@@ -125,11 +140,12 @@ class VGG(layers.Staged):
       )
       setattr(self, f"block{index + 1}", block)
       in_features = width
-    self.classifier = Classifier(dropout=variant == "torchvision", dtype=dtype, rngs=rngs)
+    self.classifier = Classifier(dropout=dropout, dtype=dtype, rngs=rngs)
     self.num_features = HIDDEN
     self.replace_head(num_classes, rngs=rngs)
     blocks = tuple(f"block{i}" for i in range(1, len(block_convs) + 1))
     self.stage_names = blocks + ("classifier", "head")
+    self.cam_layer = f"{blocks[-1]}/conv{block_convs[-1]}"
 
   def run_stage(self, name: str, x: jax.Array) -> jax.Array:
     if name == "head":
@@ -138,6 +154,22 @@ class VGG(layers.Staged):
       x = x.astype(self.dtype)
     call = layers.remat_call_block if self.remat else layers.call_block
     return call(getattr(self, name), x)
+
+  def inner_layers(self) -> dict[str, str]:
+    return {
+      f"{stage}/conv{index}": stage
+      for stage in self.stage_names[:-2]
+      for index in range(1, getattr(self, stage).num_convs + 1)
+    }
+
+  def run_inner(self, layer: str, x: jax.Array, *, after: bool) -> jax.Array:
+    stage, conv = layer.split("/")
+    block, index = getattr(self, stage), int(conv.removeprefix("conv"))
+    if after:
+      return block.pool(block.convs(x, first=index + 1))
+    if stage == "block1":
+      x = x.astype(self.dtype)
+    return block.convs(x, last=index)
 
 
 def _factory(arch: str, batch_norm: bool):
@@ -150,6 +182,7 @@ def _factory(arch: str, batch_norm: bool):
     rngs: nnx.Rngs,
     dtype=jnp.float32,
     variant: str = "torchvision",
+    dropout: float | None = None,
     remat: bool = False,
   ) -> VGG:
     if variant not in variants:
@@ -162,6 +195,7 @@ def _factory(arch: str, batch_norm: bool):
       batch_norm=batch_norm,
       num_classes=num_classes,
       variant=variant,
+      dropout=DROPOUT[variant] if dropout is None else dropout,
       dtype=dtype,
       remat=remat,
       rngs=rngs,
@@ -174,7 +208,9 @@ def _factory(arch: str, batch_norm: bool):
     num_classes: classes of the final linear layer; None for no head (fc2's 4096 features).
     rngs: random streams for initialisation and dropout.
     dtype: compute dtype (parameters and BatchNorm stay float32).
-    variant: one of {variants}; sets the dropout and the preprocessing.
+    variant: one of {variants}; sets the preprocessing and the default dropout.
+    dropout: rate of the dropout after fc1 and fc2; None for the variant's own (torchvision
+      0.5, Keras none). Active in training mode only.
     remat: rematerialise each convolution block in the backward pass to save memory.
 
   Returns:
