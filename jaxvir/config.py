@@ -47,12 +47,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.warmup_epochs = 0.0
   config.optim.step_epochs = ()  # "step": epochs at which the rate is multiplied by step_factor
   config.optim.step_factor = 0.1
-  config.optim.momentum = 0.9  # sgd, rmsprop
+  config.optim.momentum = 0.9  # sgd
   config.optim.nesterov = False
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
   config.optim.eps = 1e-8
-  config.optim.rms_decay = 0.9
+  config.optim.rms_decay = 0.9  # rmsprop: Keras' rho
+  config.optim.rms_momentum = 0.0  # rmsprop: plain momentum (Keras' default: none)
+  # rmsprop: eps inside the square root (Keras 3, tf.keras); False: standalone Keras 2, PyTorch
+  config.optim.rms_eps_in_sqrt = True
   config.optim.weight_decay = 0.0
   config.optim.weight_decay_exclude = (".*bias", ".*scale")
   config.optim.grad_clip_norm = config_dict.placeholder(float)
@@ -88,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64
   config.eval.splits = ("test",)  # evaluated with the best checkpoint at the end
+  config.eval.grad_cam_per_class = 8  # images per class in plots/<split>/grad_cam_<class>.png
 
   config.parallel = ml_collections.ConfigDict()
   config.parallel.distributed = False  # call jax.distributed.initialize (multi-host)
@@ -135,6 +139,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("optim.schedule", f"unknown schedule {config.optim.schedule!r}; one of {SCHEDULES}")
   if config.optim.learning_rate <= 0:
     _fail("optim.learning_rate", "must be positive")
+  if not 0 <= config.optim.rms_momentum < 1:
+    _fail("optim.rms_momentum", "must be in [0, 1)")
   if not 0 < config.optim.plateau.factor < 1:
     _fail("optim.plateau.factor", "must be in (0, 1)")
   for field in ("freeze.patterns", "optim.weight_decay_exclude"):

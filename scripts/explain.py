@@ -10,7 +10,6 @@ colour over the image. One line per image gives the class explained and its prob
 """
 
 import argparse
-import logging
 import pathlib
 import sys
 
@@ -18,7 +17,10 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from jaxvir import evaluate
+from jaxvir import cli, evaluate, explain, plots, run
+from jaxvir.data import folder_builder, preprocess
+from jaxvir.errors import ConfigError
+from jaxvir.trainers import classifier
 
 
 def parse_args(argv):
@@ -33,20 +35,6 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def restored_model(run):
-  """The run's model in eval mode with its checkpoint's weights."""
-  from flax import nnx
-
-  from jaxvir import steps, train
-
-  def create():
-    keys = train.named_keys(run.config.seed, "params", "dropout")
-    return train.create_model(run.config, num_classes=len(run.dataset.class_names), keys=keys)
-
-  _, eval_graphdef, *_ = steps.split_model(nnx.eval_shape(create))
-  return nnx.merge(eval_graphdef, *run.variables)
-
-
 def overlay_names(paths):
   """`<stem>_gradcam.png` per path, numbered where stems repeat."""
   names, seen = [], {}
@@ -59,35 +47,34 @@ def overlay_names(paths):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  # grain reads absl flags; this script takes its own arguments.
-  flags.FLAGS.mark_as_parsed()
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  from jaxvir import explain, plots
-  from jaxvir.data import folder_builder
-
-  try:
-    run = evaluate.load_classifier(args.workdir, checkpoint=args.checkpoint)
-  except (FileNotFoundError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
-  class_names = list(run.dataset.class_names)
+  flags.FLAGS.mark_as_parsed()  # grain reads absl flags; this script takes its own arguments
+  cli.configure_logging()
+  config = run.read_config(args.workdir)
+  if config.trainer != "classifier":
+    raise ConfigError(f"{args.workdir} is a {config.trainer} run; Grad-CAM explains classifiers")
+  restored = classifier.restore(
+    args.workdir, checkpoint_name=evaluate.parse_checkpoint(args.checkpoint), config=config
+  )
+  class_names = list(restored.dataset.class_names)
   if args.class_name is not None and args.class_name not in class_names:
-    print(f"error: --class {args.class_name!r} is not one of {class_names}", file=sys.stderr)
-    return 1
-  model = restored_model(run)
-  height, width, channels = run.dataset.image_shape
+    raise ConfigError(f"--class {args.class_name!r} is not one of {class_names}")
+  model = restored.model()
+  hooks = preprocess.resolve(config.data)
+  height, width, channels = restored.dataset.image_shape
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  files = evaluate.list_image_files(args.paths)
+  files = folder_builder.list_image_files(args.paths)
   names = dict(zip(files, overlay_names(files), strict=True))
   class_index = None if args.class_name is None else class_names.index(args.class_name)
-  batch_size, failed = run.config.eval.batch_size, 0
+  batch_size, failed = config.eval.batch_size, 0
   for start in range(0, len(files), batch_size):
     chunk, images = [], []
     for path in files[start : start + batch_size]:
       try:
         images.append(
-          folder_builder.decode_image(path, image_size=(height, width), channels=channels)
+          folder_builder.decode_image(
+            path, image_size=(height, width), channels=channels, preprocess=hooks
+          )
         )
         chunk.append(path)
       except (OSError, ValueError, Image.DecompressionBombError) as error:
@@ -98,11 +85,7 @@ def main(argv=None) -> int:
     # Padded to the batch size: every chunk runs the same compiled program.
     batch = np.zeros((batch_size, height, width, channels), np.uint8)
     batch[: len(images)] = np.stack(images)
-    try:
-      cam = explain.grad_cam(model, batch, layer=args.layer, class_index=class_index)
-    except ValueError as error:
-      print(f"error: {error}", file=sys.stderr)
-      return 1
+    cam = explain.grad_cam(model, batch, layer=args.layer, class_index=class_index)
     maps, explained, logits = map(np.asarray, cam)
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
@@ -116,4 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run_command(main))

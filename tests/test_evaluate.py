@@ -232,8 +232,8 @@ def test_explain_script_writes_grad_cam_overlays(trained_run, tmp_path, capsys):
     assert picture.size == (16, 16) and picture.mode == "RGB"  # the run's input size
   captured = capsys.readouterr()
   assert "wrote 3 overlays" in captured.out and "broken.png: UnidentifiedImageError" in captured.err
-  names = list(evaluate.load_classifier(trained_run, checkpoint="last").dataset.class_names)
+  names = list(classifier.restore(trained_run, checkpoint_name="last").dataset.class_names)
   assert script.main([*arguments, "--class", names[1], str(xray)]) == 0
   assert f": {names[1]} (" in capsys.readouterr().out
-  assert script.main([*arguments, "--class", "nope", str(xray)]) == 1
+  assert cli.run_command(lambda: script.main([*arguments, "--class", "nope", str(xray)])) == 1
   assert "--class 'nope' is not one of" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from PIL import Image
 from jaxvir import (
   checkpoint,
   data,
+  explain,
   models,
   optim,
   parallel,
@@ -55,7 +56,7 @@ def create_model(
     # The architecture and variant come from the conversion's metadata.json.
     model, _ = models.load_pretrained(
       config.model.pretrained, num_classes=num_classes, dtype=dtype, rngs=rngs,
-      remat=config.model.kwargs.get("remat", False),
+      **config.model.kwargs,
     )
     return model
   return models.create(
@@ -71,8 +72,13 @@ class Restored:
   dataset: data.Dataset
   mesh: jax.sharding.Mesh
   eval_step: object
+  eval_graphdef: nnx.GraphDef
   variables: tuple  # (params, batch_stats, rest)
   step: int
+
+  def model(self) -> nnx.Module:
+    """The restored model, in evaluation mode."""
+    return nnx.merge(self.eval_graphdef, *self.variables)
 
 
 def forward_images(model, images):
@@ -376,7 +382,7 @@ def restore(
   eval_step = steps.make_eval_step(eval_graphdef, eval_fn, mesh=mesh)
   variables = (restored["params"], restored["batch_stats"], restored["rest"])
   return Restored(config=config, dataset=dataset, mesh=mesh, eval_step=eval_step,
-             variables=variables, step=step)
+                  eval_graphdef=eval_graphdef, variables=variables, step=step)
 
 
 def predict_split(run: Restored, split: str) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -411,9 +417,32 @@ def report_split(run: Restored, split: str, *, workdir: pathlib.Path | None) -> 
   metrics, labels, probs = predict_split(run, split)
   if workdir is None:
     return metrics
-  return report.write_classification(
+  entry = report.write_classification(
     workdir, labels=labels, probs=probs, class_names=list(run.dataset.class_names), split=split,
     extra={"checkpoint_step": run.step, "data": run.dataset.description},
+  )
+  if run.config.eval.grad_cam_per_class:
+    write_grad_cam_figures(run, split, workdir / report.PLOTS_DIR / split)
+  return entry
+
+
+def write_grad_cam_figures(run: Restored, split: str, directory: pathlib.Path) -> None:
+  """`grad_cam_<class>.png` in `directory`: the first images of each class of `split`."""
+  per_class = run.config.eval.grad_cam_per_class
+  images, labels = [], []
+  counts = np.zeros(len(run.dataset.class_names), int)
+  for batch in data.eval_batches(run.dataset, split, batch_size=run.config.eval.batch_size):
+    for image, label in zip(batch["image"][batch["mask"]], batch["label"][batch["mask"]],
+                            strict=True):  # fmt: skip
+      if counts[label] < per_class:
+        images.append(image)
+        labels.append(label)
+        counts[label] += 1
+    if counts.min() >= per_class:
+      break
+  explain.write_class_figures(
+    run.model(), np.stack(images), np.asarray(labels), list(run.dataset.class_names), directory,
+    per_class=per_class, batch_size=run.config.eval.batch_size,
   )
 
 
