@@ -40,6 +40,9 @@ def manager(
   options = ocp.CheckpointManagerOptions(
     preservation_policy=policies.AnyPreservationPolicy(kept), create=not read_only,
     read_only=read_only,
+    # With a best_fn Orbax also writes each checkpoint's metrics, so that a resumed run's
+    # manager still knows which of the earlier checkpoints is the best (and deletes the rest).
+    best_fn=(lambda m: m["monitor"]) if best_mode else None, best_mode=best_mode or "max",
   )
   return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 

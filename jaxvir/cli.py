@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
+import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 
 from jaxvir.errors import UserError
@@ -32,6 +33,7 @@ def configure_logging() -> None:
   for name in _QUIET_LOGGERS:
     logging.getLogger(name).setLevel(logging.ERROR)
   absl_logging.set_verbosity(absl_logging.ERROR)
+  tfds.disable_progress_bar()
   warnings.filterwarnings("ignore", module="tensorflow_datasets")
   warnings.filterwarnings("ignore", module="orbax")
 

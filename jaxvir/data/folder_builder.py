@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
 from jaxvir.data import preprocess as preprocess_lib
+from jaxvir.data.builders import CacheBuilder
 from jaxvir.data.sources import Source, register
 from jaxvir.data.splits import SPLIT_NAMES
 from jaxvir.data.synthetic_shapes import build_synthetic_shapes
@@ -429,7 +430,7 @@ class FolderConfig(tfds.core.BuilderConfig):
   preprocess: tuple[tuple[str, dict], ...] = ()
 
 
-class JaxvirImageFolder(tfds.core.GeneratorBasedBuilder):
+class JaxvirImageFolder(CacheBuilder):
   """Writes a decoded, resized image folder as one array_record split "images", in listing order.
 
   Metadata (`info.metadata`): `files` and `labels` of the written records in record order, and

@@ -1,17 +1,18 @@
 """The frozen encoder of PathNet and its feature cache.
 
 The encoder (VGG-16 by default) runs once per data set, jitted and batched, up to a chosen
-stage; PathNet then trains on the cached features. Features are kept in a `.npy` file named
-by a hash of the encoder settings and of the image bytes, so a second run skips the encoder.
+stage; PathNet then trains on the cached features. They go through the frozen-prefix cache
+(`jaxvir.prefix_cache.FeatureTable`), kept in a `.npy` file named by a hash of the encoder
+settings and of the image bytes, so a second run skips the encoder.
 
 Example:
 
-  >>> encode = make_encoder(config)  # uint8 (B, H, W, C) -> float32 (B, h, w, c)
-  >>> features = encode_all(encode, images, batch_size=64)
+  >>> encode, settings = make_encoder(config)  # uint8 (B, H, W, C) -> float32 (B, h, w, c)
+  >>> features = cached_features(encode, images, settings=settings, cache_dir=None,
+  ...                            batch_size=64)
 """
 
 import functools
-import hashlib
 import logging
 import os
 import pathlib
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxvir import models, xla
+from jaxvir import models, prefix_cache, xla
 
 log = logging.getLogger("jaxvir")
 
@@ -85,18 +86,6 @@ def make_encoder(config: ml_collections.ConfigDict) -> tuple[Encoder, dict]:
   return encode, settings
 
 
-def encode_all(encode: Encoder, images: np.ndarray, *, batch_size: int) -> np.ndarray:
-  """Features of all images, in batches of a fixed size (the last one padded)."""
-  outputs = []
-  for start in range(0, len(images), batch_size):
-    batch = images[start : start + batch_size]
-    count = len(batch)
-    if count < batch_size:
-      batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])
-    outputs.append(np.asarray(encode(batch))[:count])
-  return np.concatenate(outputs)
-
-
 def cached_features(
   encode: Encoder,
   images: np.ndarray,
@@ -105,19 +94,18 @@ def cached_features(
   cache_dir: str | None,
   batch_size: int,
 ) -> np.ndarray:
-  """`encode_all`, read from / written to `cache_dir` keyed by settings and image bytes."""
-  if not cache_dir:
-    return encode_all(encode, images, batch_size=batch_size)
-  digest = hashlib.sha256(repr(sorted(settings.items())).encode())
-  digest.update(str(images.shape).encode())
-  digest.update(np.ascontiguousarray(images).tobytes())
-  path = pathlib.Path(os.path.expanduser(cache_dir)) / f"pathnet_{digest.hexdigest()[:20]}.npy"
-  if path.exists():
-    log.info("encoder features from cache %s", path)
-    return np.load(path, allow_pickle=False)
-  features = encode_all(encode, images, batch_size=batch_size)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  partial = path.with_suffix(".partial.npy")
-  np.save(partial, features)
-  partial.replace(path)
-  return features
+  """The encoder's features of all images, through the frozen-prefix cache.
+
+  The table is `jaxvir.prefix_cache.FeatureTable`'s (one variant: PathNet does not augment),
+  in memory, or in `cache_dir` keyed by the encoder settings and the image bytes.
+  """
+  path = None
+  if cache_dir:
+    images_bytes = np.ascontiguousarray(images)
+    key = prefix_cache.cache_key(sorted(settings.items()), images.shape, images_bytes)
+    path = pathlib.Path(os.path.expanduser(cache_dir)) / f"pathnet_{key}.npy"
+  table = prefix_cache.FeatureTable.compute(
+    encode, lambda indices: images[indices], num_records=len(images), variants=(0,),
+    batch_size=batch_size, path=path,
+  )
+  return np.asarray(table.features[:, 0])

@@ -19,7 +19,12 @@ log = logging.getLogger("jaxvir")
 
 
 def load_data(config: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarray]]:
-  """The four splits `{synthetic,natural}_{train,test}`, each `{"image", "count"}`."""
+  """The six splits `{synthetic,natural}_{train,val,test}`, each `{"image", "count"}`.
+
+  The validation splits are `twinvae.val_fraction` of each twin's labeled training images,
+  drawn with the seed and taken out of training: the best checkpoint is chosen on them
+  (`twinvae.select_on="val"`), never on the test images.
+  """
   section = config.twinvae
   data_dir = section.data_dir or None
   splits = {}
@@ -51,7 +56,29 @@ def load_data(config: ml_collections.ConfigDict) -> dict[str, dict[str, np.ndarr
     counts = splits["natural_train"]["count"]
     keep = rng.random(len(counts)) < section.natural_label_fraction
     splits["natural_train"]["count"] = np.where(keep, counts, 0).astype(np.int32)
+  rng = np.random.default_rng([config.seed, 1])
+  for domain in ("synthetic", "natural"):
+    splits[f"{domain}_train"], splits[f"{domain}_val"] = carve_validation(
+      splits[f"{domain}_train"], fraction=section.val_fraction, rng=rng
+    )
   return splits
+
+
+def carve_validation(split: dict, *, fraction: float, rng: np.random.Generator):
+  """`(train, val)`: `fraction` of the labeled images (at least one, if any) moved to `val`.
+
+  Example:
+    >>> train, val = carve_validation({"image": np.zeros((4, 1)), "count": np.array([0, 2, 3, 5])},
+    ...                               fraction=0.34, rng=np.random.default_rng(0))
+    >>> len(train["count"]), len(val["count"])
+    (3, 1)
+  """
+  labeled = np.flatnonzero(split["count"] > 0)
+  size = min(len(labeled), max(1, round(fraction * len(labeled)))) if fraction > 0 else 0
+  is_val = np.zeros(len(split["count"]), bool)
+  is_val[rng.choice(labeled, size=size, replace=False)] = True
+  return ({name: values[~is_val] for name, values in split.items()},
+          {name: values[is_val] for name, values in split.items()})  # fmt: skip
 
 
 def index_batches(rng: np.random.Generator, n: int, batch: int, steps: int) -> np.ndarray:
