@@ -217,7 +217,7 @@ def synthesize_beats(
   *,
   symbols: tuple[str, ...] = ("A", "L", "R"),
   window: int = 256,
-  num_patients: int = 24,
+  num_patients: int = 12,
   noise: float = 0.03,
   seed: int = 0,
 ) -> Beats:
@@ -344,7 +344,7 @@ def default_ecg_config() -> ml_collections.ConfigDict:
   config.line_width = 1.5  # stroke width in pixels
   config.download = True  # try PhysioNet (fails fast without network) when data.dir is empty
   config.synthetic_beats_per_class = 1000  # used when no records can be found or fetched
-  config.synthetic_patients = 24  # pseudo-records of the synthetic ECG (its groups)
+  config.synthetic_patients = 12  # pseudo-records of the synthetic ECG (its groups)
   config.synthetic_noise = 0.03  # median white-noise std of the synthetic ECG, R wave = 1
   config.max_beats_per_class = 0  # > 0 keeps a seeded random subset per class (quick runs)
   return config

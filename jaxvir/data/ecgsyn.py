@@ -180,7 +180,7 @@ def simulate_beats(
   *,
   symbols: tuple[str, ...] = ("A", "L", "R"),
   window: int = 256,
-  num_patients: int = 24,
+  num_patients: int = 12,
   noise: float = 0.03,
   seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
