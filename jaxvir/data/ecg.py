@@ -8,6 +8,11 @@ from McSharry et al.'s dynamical ECG model (`jaxvir.data.ecgsyn`) with per-patie
 so that every config runs on a fresh machine without network, and intra- and inter-patient
 splits differ as they do on real records.
 
+Classes are the annotation symbols of `data.ecg.symbols` (the paper's A, L, R) or the five AAMI
+classes (`data.ecg.classes="aami"`); `data.ecg.protocol` reads the DS1/DS2 records of the
+inter-patient protocol (`jaxvir.data.ecg_protocol`). Every beat keeps its record name as its
+group, for whole-record splits and per-record figures.
+
 The `mitdb_beats` source renders the beats once into array_record files written by a
 tensorflow-datasets builder (as `folder_builder` does for image folders; no TensorFlow needed),
 cached in `data.cache_dir` under a key of every rendering setting and the record files' names,
@@ -16,6 +21,7 @@ sizes and modification times; a rerun with the same settings reads them without 
 Example:
 
   >>> beats = read_beats("../shared/data/mitdb", symbols=("A", "L", "R"))
+  >>> aami = read_beats("../shared/data/mitdb_ds1", classes="aami", records=("220",))
   >>> images = render_beats(beats.signals, size=128)  # uint8 (n, 128, 128, 1)
 """
 
@@ -234,7 +240,8 @@ def synthesize_beats(
     symbols: beat classes to generate (some of A, L, R, N).
     window: samples per beat at 360 Hz.
     num_patients: pseudo-records (the groups); at least one per conduction the symbols need.
-    noise: median standard deviation of the white noise, relative to an R wave of 1.
+    noise: white-noise standard deviation relative to the beat's peak-to-peak height
+      (times a per-patient factor in [0.3, 2]).
     seed: seed of the generator; the same seed gives the same beats.
 
   Returns:
@@ -345,7 +352,7 @@ def default_ecg_config() -> ml_collections.ConfigDict:
   config.download = True  # try PhysioNet (fails fast without network) when data.dir is empty
   config.synthetic_beats_per_class = 1000  # used when no records can be found or fetched
   config.synthetic_patients = 12  # pseudo-records of the synthetic ECG (its groups)
-  config.synthetic_noise = 0.03  # median white-noise std of the synthetic ECG, R wave = 1
+  config.synthetic_noise = 0.03  # synthetic white-noise std, relative to a beat's height
   config.max_beats_per_class = 0  # > 0 keeps a seeded random subset per class (quick runs)
   return config
 
@@ -573,7 +580,7 @@ def prepare_beats(data_config, *, seed: int) -> JaxvirEcgBeats:
     "files": _directory_fingerprint(data_config.dir),
     "test_files": _directory_fingerprint(ecg.test_dir),
     "seed": seed,
-    "version": 3,  # 3: the ECGSYN synthetic beats
+    "version": 4,  # 4: the ECGSYN synthetic beats (bump when the generator changes)
   }
   names = class_names(ecg.classes, ecg.symbols)
   builder = JaxvirEcgBeats(

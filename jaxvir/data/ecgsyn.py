@@ -94,9 +94,9 @@ SLOTS = ("P", "Q", "R", "R2", "S", "T")
 CONDUCTION = {"N": "N", "L": "L", "R": "R"}  # the conduction that each non-A class needs
 SUPPORTED = ("A", "L", "R", "N")
 SEVERITY = (0.5, 1.0)  # range of bundle branch block severities
-AMPLITUDE_SPREAD = 0.35  # log-normal sigma of each wave's amplitude across patients
-WIDTH_SPREAD = 0.25  # log-normal sigma of each wave's width across patients
-AXIS_RANGE = 60.0  # degrees either side of the lead
+AMPLITUDE_SPREAD = 0.45  # log-normal sigma of each wave's amplitude across patients
+WIDTH_SPREAD = 0.3  # log-normal sigma of each wave's width across patients
+AXIS_RANGE = 75.0  # degrees either side of the lead
 A_NORMAL_WEIGHT = 1.5  # A beats per normally conducting patient, relative to a blocked one
 R_HEIGHT = 0.3  # a_R b_R^2 of the normal template: z * omega / R_HEIGHT puts R near 1
 
@@ -192,8 +192,8 @@ def simulate_beats(
     window: samples per beat at 360 Hz, the R event at sample `window // 2` (+-2 samples).
     num_patients: patients; patient p has conduction N, L, R, ... in turn (only those the
       symbols need), so it must be at least the number of conductions needed.
-    noise: median white-noise standard deviation relative to a normal R wave of 1; each
-      patient's is this times a factor in [0.3, 2].
+    noise: white-noise standard deviation relative to the beat's peak-to-peak height;
+      each patient's is this times a factor in [0.3, 2].
     seed: seeds everything; the same seed gives the same beats.
 
   Returns:
@@ -275,7 +275,10 @@ def simulate_beats(
   events = np.empty((n, 3, k, 3))
   for owner in range(3):
     theta = base[..., 0] * scale + shift[patients]
-    a = base[..., 1] * amplitude[patients] * np.cos(axis[patients, None] + np.radians(base[..., 3]))
+    # A wave's height is a b^2 / omega_ref: divide a by the width factor squared so that
+    # width and height vary independently.
+    lead = np.cos(axis[patients, None] + np.radians(base[..., 3]))
+    a = base[..., 1] * amplitude[patients] * lead / width[patients] ** 2
     b = base[..., 2] * scale * width[patients]
     if owner == 1:  # the beat itself: its class's morphology, then beat-to-beat jitter
       p = SLOTS.index("P")
@@ -333,7 +336,11 @@ def simulate_beats(
     index = columns[None, :] + OVERSAMPLE * offset[rows, None]
     signals[rows] = z[index, (rows - begin)[:, None]]
   signals *= gain[:, None].astype(np.float32)
-  signals += (patient_noise[patients, None] * rng.standard_normal((n, window))).astype(np.float32)
+  # Noise relative to the beat's own height: a beat that projects weakly onto the lead is
+  # recorded with a higher gain, not buried in noise.
+  height = np.ptp(signals, axis=1, keepdims=True)
+  noise_std = patient_noise[patients, None] * height
+  signals += (noise_std * rng.standard_normal((n, window))).astype(np.float32)
   return signals, labels, patients.astype(np.int32)
 
 
