@@ -70,6 +70,7 @@ OVERSAMPLE = 2  # RK4 steps per output sample
 # wave parameters changes at theta_b, in the diastole between the T wave and the next P wave.
 OWNER_BOUNDARY = 3.3
 CHUNK = 2048  # beats integrated at once (one compiled shape; bounds memory)
+STEP_BUCKET = 256  # the number of RK4 steps is a multiple of this (fewer compilations)
 
 # Events as (theta in rad, a, b in rad, dipole direction relative to the lead in degrees) in
 # slots P, Q, R, R2 (LBBB notch / RBBB R'), S, T, at 60 bpm. N is the paper's Table 1; a
@@ -179,7 +180,7 @@ def _integrate(params, *, steps: int, dt: float, t0: float):
   return jnp.concatenate([state[None, :, 2], zs])
 
 
-integrate = jax.jit(_integrate, static_argnames=("steps", "dt", "t0"))
+integrate = jax.jit(_integrate, static_argnames=("steps", "dt"))
 
 
 def _lognormal(rng, sigma, shape):
@@ -321,7 +322,8 @@ def simulate_beats(
   offset = rng.integers(-2, 3, n)
 
   dt = 1.0 / (SAMPLING_RATE * OVERSAMPLE)
-  pre = int(np.ceil(-start.min() / dt)) + 1
+  # Steps before the R event, rounded up so that most calls share one compiled integration.
+  pre = -(-int(np.ceil(-start.min() / dt) + 1) // STEP_BUCKET) * STEP_BUCKET
   post = (window - window // 2 + 2) * OVERSAMPLE + 1
   t0 = -pre * dt
   params = {
