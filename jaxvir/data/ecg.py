@@ -4,7 +4,14 @@ A beat is a window of `window` samples of the first lead (MLII) centred on an an
 beat, min-max normalised and drawn as a dark anti-aliased polyline on a white square image by
 a vectorised rasteriser (numpy; no plotting library per beat). When the MIT-BIH records are
 missing and PhysioNet cannot be reached, `synthesize_beats` produces beats of the same classes
-from a morphological model, so that every config runs on a fresh machine without network.
+from McSharry et al.'s dynamical ECG model (`jaxvir.data.ecgsyn`) with per-patient variability,
+so that every config runs on a fresh machine without network, and intra- and inter-patient
+splits differ as they do on real records.
+
+Classes are the annotation symbols of `data.ecg.symbols` (the paper's A, L, R) or the five AAMI
+classes (`data.ecg.classes="aami"`); `data.ecg.protocol` reads the DS1/DS2 records of the
+inter-patient protocol (`jaxvir.data.ecg_protocol`). Every beat keeps its record name as its
+group, for whole-record splits and per-record figures.
 
 The `mitdb_beats` source renders the beats once into array_record files written by a
 tensorflow-datasets builder (as `folder_builder` does for image folders; no TensorFlow needed),
@@ -14,6 +21,7 @@ sizes and modification times; a rerun with the same settings reads them without 
 Example:
 
   >>> beats = read_beats("../shared/data/mitdb", symbols=("A", "L", "R"))
+  >>> aami = read_beats("../shared/data/mitdb_ds1", classes="aami", records=("220",))
   >>> images = render_beats(beats.signals, size=128)  # uint8 (n, 128, 128, 1)
 """
 
@@ -24,12 +32,13 @@ import logging
 import os
 import pathlib
 import socket
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxvir.data import sources
+from jaxvir.data import ecg_protocol, ecgsyn, sources
 
 # MIT-BIH symbols and the names reported for them.
 SYMBOL_NAMES = {
@@ -51,9 +60,10 @@ class Beats:
   Attributes:
     signals: float32 (n, window), each row min-max normalised to [0, 1].
     labels: int32 (n,), index into `symbols`.
-    groups: (n,) record names (strings), for inter-patient splits.
-    symbols: the annotation symbols, in label order.
+    groups: (n,) record names (strings): inter-patient splits and per-record figures.
+    symbols: the class of each label, an annotation symbol ("A") or an AAMI class ("S").
     source: "mitdb" for real records, "synthetic" for generated beats.
+    class_names: the reported name of each class.
   """
 
   signals: np.ndarray
@@ -61,10 +71,27 @@ class Beats:
   groups: np.ndarray
   symbols: tuple[str, ...]
   source: str
+  class_names: tuple[str, ...]
 
-  @property
-  def class_names(self) -> list[str]:
-    return [SYMBOL_NAMES.get(symbol, symbol) for symbol in self.symbols]
+
+def class_names(classes: str, symbols: Sequence[str]) -> tuple[str, ...]:
+  """The names of the classes of `data.ecg.classes` ("symbols" or "aami") in label order."""
+  if classes == "aami":
+    return ecg_protocol.AAMI_NAMES
+  if classes == "symbols":
+    return tuple(SYMBOL_NAMES.get(symbol, symbol) for symbol in symbols)
+  raise ValueError(
+    f"data.ecg.classes={classes!r}: choose 'symbols' (one class per data.ecg.symbols entry, "
+    "the paper's A/L/R) or 'aami' (the AAMI classes N, S, V, F, Q)"
+  )
+
+
+def class_symbols(classes: str, symbols: Sequence[str]) -> dict[str, tuple[str, ...]]:
+  """Each class (in label order) and the MIT-BIH annotation symbols it groups."""
+  class_names(classes, symbols)  # checks `classes`
+  if classes == "aami":
+    return dict(ecg_protocol.AAMI_CLASSES)
+  return {symbol: (symbol,) for symbol in symbols}
 
 
 def record_names(directory: str | os.PathLike) -> list[str]:
@@ -111,16 +138,19 @@ def read_beats(
   directory: str | os.PathLike,
   *,
   symbols: tuple[str, ...] = ("A", "L", "R"),
+  classes: str = "symbols",
   window: int = 256,
   records: tuple[str, ...] | None = None,
 ) -> Beats:
-  """Reads the annotated beats of `symbols` from the MIT-BIH records in `directory`.
+  """Reads the annotated beats of `symbols` (or AAMI classes) from the MIT-BIH records.
 
   Beats whose window would cross the start or end of the recording are skipped.
 
   Args:
     directory: folder with `NAME.hea`, `NAME.dat` and `NAME.atr` files.
-    symbols: annotation symbols to keep; label i is `symbols[i]`.
+    symbols: annotation symbols to keep; label i is `symbols[i]` (with `classes="symbols"`).
+    classes: "symbols", or "aami" for the five AAMI classes (`ecg_protocol.AAMI_CLASSES`:
+      label i groups the symbols of class i; `symbols` is then unused).
     window: samples per beat, centred on the annotation.
     records: record names to read; all records in `directory` when None.
 
@@ -141,6 +171,8 @@ def read_beats(
       "NAME.dat and NAME.atr); set data.dir to a folder of MIT-BIH records or "
       "data.records to records that exist there"
     )
+  grouped = class_symbols(classes, symbols)
+  label_of = {symbol: i for i, members in enumerate(grouped.values()) for symbol in members}
   signals, labels, groups = [], [], []
   for name in names:
     path = str(pathlib.Path(directory) / name)
@@ -149,18 +181,19 @@ def read_beats(
     signal = record.p_signal[:, 0].astype(np.float32)
     beat_symbols = np.asarray(annotation.symbol)
     samples = np.asarray(annotation.sample)
-    keep = np.isin(beat_symbols, symbols)
+    keep = np.isin(beat_symbols, list(label_of))
     inside = (samples - window // 2 >= 0) & (samples + window - window // 2 <= len(signal))
     keep &= inside
     signals.append(cut_windows(signal, samples[keep], window=window))
-    labels.append(np.array([symbols.index(s) for s in beat_symbols[keep]], np.int32))
+    labels.append(np.array([label_of[s] for s in beat_symbols[keep]], np.int32))
     groups.append(np.full(int(keep.sum()), name))
   return Beats(
     signals=normalize_windows(np.concatenate(signals)),
     labels=np.concatenate(labels).astype(np.int32),
     groups=np.concatenate(groups),
-    symbols=tuple(symbols),
+    symbols=tuple(grouped),
     source="mitdb",
+    class_names=class_names(classes, symbols),
   )
 
 
@@ -185,128 +218,55 @@ def try_download(directory: str | os.PathLike, *, timeout_s: float = 3.0) -> boo
   return bool(record_names(directory))
 
 
-# One beat's waves as (amplitude, centre in s relative to R, width in s) per class; the
-# morphologies follow the textbook lead-II pictures the issue names.
-_WAVES = {
-  # Premature atrial beat: abnormal (inverted, early) P wave; normal narrow QRS.
-  "A": [
-    (-0.12, -0.16, 0.02),
-    (-0.1, -0.03, 0.01),
-    (1.0, 0.0, 0.012),
-    (-0.2, 0.03, 0.012),
-    (0.3, 0.28, 0.05),
-  ],
-  # Left bundle branch block: wide QRS with a broad notched R wave, discordant T wave.
-  "L": [(0.12, -0.2, 0.025), (0.75, -0.025, 0.022), (0.8, 0.035, 0.024), (-0.35, 0.3, 0.06)],
-  # Right bundle branch block: rSR' pattern, slightly inverted T wave.
-  "R": [
-    (0.12, -0.2, 0.025),
-    (0.35, -0.03, 0.01),
-    (-0.45, 0.0, 0.012),
-    (0.8, 0.045, 0.018),
-    (-0.15, 0.3, 0.05),
-  ],
-  # Normal sinus beat, for neighbours and for the "N" symbol.
-  "N": [
-    (0.15, -0.2, 0.025),
-    (-0.1, -0.03, 0.01),
-    (1.0, 0.0, 0.012),
-    (-0.2, 0.03, 0.012),
-    (0.3, 0.3, 0.05),
-  ],
-}
-
-
-def _beat_waves(symbol: str) -> np.ndarray:
-  if symbol not in _WAVES:
-    raise ValueError(
-      f"data.symbols: no synthetic model for beat symbol {symbol!r}; use some of {sorted(_WAVES)}"
-    )
-  return np.array(_WAVES[symbol], np.float32)
-
-
 def synthesize_beats(
   beats_per_class: int,
   *,
   symbols: tuple[str, ...] = ("A", "L", "R"),
   window: int = 256,
-  num_patients: int = 8,
+  num_patients: int = 12,
   noise: float = 0.03,
   seed: int = 0,
 ) -> Beats:
-  """Synthetic beats from a sum-of-Gaussians morphological model per class.
+  """Synthetic beats from the ECGSYN dynamical model, with patients as groups.
 
-  Each beat is the class's waves (scaled, shifted and widened at random, per beat and per
-  patient) plus the neighbouring beats at the patient's RR interval (a premature beat comes
-  early, so the previous beat's T wave enters its window), baseline wander and white noise.
+  `jaxvir.data.ecgsyn` says what is modelled: A, L, R (and N) morphologies, and per-patient
+  heart rate, variability, wave amplitudes and widths, electrical axis, block severity, noise
+  and baseline wander, so that beats of one patient resemble each other more than beats of
+  another patient with the same class (as in MIT-BIH, where a model that saw a patient's
+  beats does better on that patient).
 
   Args:
     beats_per_class: beats generated per symbol.
-    symbols: beat classes to generate (A, L, R, N).
+    symbols: beat classes to generate (some of A, L, R, N).
     window: samples per beat at 360 Hz.
-    num_patients: pseudo-records, each with its own morphology offsets (the groups).
-    noise: standard deviation of the white noise, relative to an R wave of 1.
-    seed: seed of the generator.
+    num_patients: pseudo-records (the groups); at least one per conduction the symbols need.
+    noise: white-noise standard deviation relative to the beat's peak-to-peak height
+      (times a per-patient factor in [0.3, 2]).
+    seed: seed of the generator; the same seed gives the same beats.
 
   Returns:
-    Normalised beats with source "synthetic" and groups "synthNN".
+    Normalised beats with source "synthetic" and groups "synthNN", in a seeded random order.
 
   Example:
     >>> beats = synthesize_beats(100, seed=0)
   """
-  rng = np.random.default_rng(seed)
-  n = beats_per_class * len(symbols)
-  labels = np.repeat(np.arange(len(symbols), dtype=np.int32), beats_per_class)
-  patients = rng.integers(0, num_patients, n)
-  # Patient-level offsets: amplitude and width scaling, and heart rate.
-  patient_amplitude = rng.uniform(0.8, 1.2, num_patients)[patients]
-  patient_width = rng.uniform(0.9, 1.1, num_patients)[patients]
-  rr = rng.uniform(0.65, 1.0, num_patients)[patients] * rng.uniform(0.95, 1.05, n)
-  time = (np.arange(window) - window // 2) / SAMPLING_RATE
-  signals = np.zeros((n, window), np.float32)
-  normal = _beat_waves("N")
-  for index, symbol in enumerate(symbols):
-    rows = labels == index
-    count = int(rows.sum())
-    waves = _beat_waves(symbol)[None].repeat(count, 0)
-    waves[..., 0] *= rng.uniform(0.85, 1.15, waves.shape[:2]) * patient_amplitude[rows, None]
-    waves[..., 1] *= rng.uniform(0.9, 1.1, waves.shape[:2])
-    waves[..., 2] *= rng.uniform(0.85, 1.15, waves.shape[:2]) * patient_width[rows, None]
-    # A premature beat follows the previous beat early; others sit at the patient's RR.
-    previous_rr = rr[rows] * (rng.uniform(0.55, 0.7, count) if symbol == "A" else 1.0)
-    neighbour = normal if symbol == "A" else _beat_waves(symbol)
-    shifted = [
-      waves,
-      _shift(neighbour, -previous_rr),
-      _shift(neighbour, rr[rows] * (1.25 if symbol == "A" else 1.0)),
-    ]
-    all_waves = np.concatenate(shifted, axis=1)  # (count, waves, 3)
-    amplitude, centre, width = np.moveaxis(all_waves, -1, 0)
-    signals[rows] = np.sum(
-      amplitude[..., None]
-      * np.exp(-0.5 * ((time[None, None] - centre[..., None]) / width[..., None]) ** 2),
-      axis=1,
-    )
-  wander_frequency = rng.uniform(0.15, 0.5, (n, 1))
-  wander = rng.uniform(0.0, 0.15, (n, 1)) * np.sin(
-    2 * np.pi * wander_frequency * time[None] + rng.uniform(0, 2 * np.pi, (n, 1))
+  signals, labels, patients = ecgsyn.simulate_beats(
+    beats_per_class,
+    symbols=tuple(symbols),
+    window=window,
+    num_patients=num_patients,
+    noise=noise,
+    seed=seed,
   )
-  signals += wander + noise * rng.standard_normal((n, window))
-  order = rng.permutation(n)
+  order = np.random.default_rng(seed).permutation(len(labels))
   return Beats(
     signals=normalize_windows(signals[order]),
     labels=labels[order],
     groups=np.array([f"synth{p:02d}" for p in patients[order]]),
     symbols=tuple(symbols),
     source="synthetic",
+    class_names=class_names("symbols", symbols),
   )
-
-
-def _shift(waves: np.ndarray, offset: np.ndarray) -> np.ndarray:
-  """Copies (waves, 3) once per beat with the centres moved by `offset` seconds."""
-  shifted = np.repeat(waves[None], len(offset), 0)
-  shifted[..., 1] += np.asarray(offset)[:, None]
-  return shifted
 
 
 def render_beats(
@@ -380,12 +340,19 @@ def default_ecg_config() -> ml_collections.ConfigDict:
   """The `config.data.ecg` fields of the `mitdb_beats` source, with their defaults."""
   config = ml_collections.ConfigDict()
   config.symbols = ("A", "L", "R")  # annotation symbols kept; label i is symbols[i]
+  config.classes = "symbols"  # "symbols" (one class per symbol) or "aami" (N, S, V, F, Q)
+  # "records": data.ecg.records (all in data.dir), split by data.split_by; "ds1_ds2": train
+  # on DS1, validate on whole DS1 records, test on DS2; "ds1_holdout": DS1 only, whole
+  # records held out for validation and test (offline). See jaxvir.data.ecg_protocol.
+  config.protocol = "records"
+  config.test_dir = ""  # folder of the DS2 records for "ds1_ds2"; "" = data.dir
   config.window = 256  # samples per beat (360 Hz), centred on the annotation
   config.records = ()  # record names to read; () reads every record in data.dir
   config.line_width = 1.5  # stroke width in pixels
   config.download = True  # try PhysioNet (fails fast without network) when data.dir is empty
   config.synthetic_beats_per_class = 1000  # used when no records can be found or fetched
-  config.synthetic_patients = 8
+  config.synthetic_patients = 12  # pseudo-records of the synthetic ECG (its groups)
+  config.synthetic_noise = 0.03  # synthetic white-noise std, relative to a beat's height
   config.max_beats_per_class = 0  # > 0 keeps a seeded random subset per class (quick runs)
   return config
 
@@ -403,32 +370,101 @@ def subsample(beats: Beats, *, per_class: int, seed: int) -> Beats:
   )
 
 
+def concatenate(parts: Sequence[Beats]) -> Beats:
+  """The beats of `parts` (same classes and source) one after the other."""
+  return dataclasses.replace(
+    parts[0],
+    signals=np.concatenate([part.signals for part in parts]),
+    labels=np.concatenate([part.labels for part in parts]),
+    groups=np.concatenate([part.groups for part in parts]),
+  )
+
+
+def read_protocol_beats(data_config) -> Beats:
+  """The DS1 (and DS2) records of `data.ecg.protocol`, checked for before any is read.
+
+  DS1 records come from `data.dir`, DS2 records from `data.ecg.test_dir` (or `data.dir`). A
+  missing record raises a one-line FileNotFoundError with the `wfdb.dl_database` command
+  that fetches it; nothing is downloaded.
+  """
+  ecg = data_config.ecg
+  if tuple(ecg.records):
+    raise ValueError(
+      f"data.ecg.records={tuple(ecg.records)}: leave it empty with "
+      f"data.ecg.protocol={ecg.protocol!r}, which fixes the records (DS1, DS2)"
+    )
+  subsets = ecg_protocol.protocol_records(ecg.protocol)
+  folders = {"ds1": ("data.dir", data_config.dir)}
+  folders["ds2"] = ("data.ecg.test_dir", ecg.test_dir) if ecg.test_dir else folders["ds1"]
+  for subset, names in subsets.items():
+    field, directory = folders[subset]
+    ecg_protocol.require_records(directory, names, field=field, subset=subset.upper())
+  return concatenate(
+    [
+      read_beats(
+        folders[subset][1],
+        symbols=tuple(ecg.symbols),
+        classes=ecg.classes,
+        window=ecg.window,
+        records=names,
+      )
+      for subset, names in subsets.items()
+    ]
+  )
+
+
 def load_beats(data_config, *, seed: int) -> Beats:
-  """MIT-BIH beats from `data_config.dir`, downloaded there, or synthetic (logged loudly)."""
+  """MIT-BIH beats from `data_config.dir`, downloaded there, or synthetic (logged loudly).
+
+  With `data.ecg.protocol` "ds1_ds2" or "ds1_holdout" the records are the protocol's
+  (`read_protocol_beats`), never downloaded nor replaced by synthetic beats. With
+  `data.ecg.classes="aami"` and no `data.ecg.records`, the paced records are left out.
+  """
   ecg = data_config.get("ecg") or default_ecg_config()
+  ecg_protocol.check_protocol(ecg.protocol)
   directory = data_config.dir
-  if directory and not record_names(directory) and ecg.download:
-    try_download(directory)
-  if directory and record_names(directory):
+  if ecg.protocol != "records":
+    beats = read_protocol_beats(data_config)
+  else:
+    if directory and not record_names(directory) and ecg.download:
+      try_download(directory)
+    available = record_names(directory) if directory else []
+    if not available:
+      return _synthetic_beats(data_config, seed=seed)
+    records = tuple(ecg.records) or None
+    if records is None and ecg.classes == "aami":
+      records = tuple(name for name in available if name not in ecg_protocol.PACED)
     beats = read_beats(
       directory,
       symbols=tuple(ecg.symbols),
+      classes=ecg.classes,
       window=ecg.window,
-      records=tuple(ecg.records) or None,
+      records=records,
     )
-    if ecg.get("max_beats_per_class", 0) > 0:
-      beats = subsample(beats, per_class=ecg.max_beats_per_class, seed=seed)
-    return beats
+  if ecg.max_beats_per_class > 0:
+    beats = subsample(beats, per_class=ecg.max_beats_per_class, seed=seed)
+  return beats
+
+
+def _synthetic_beats(data_config, *, seed: int) -> Beats:
+  ecg = data_config.get("ecg") or default_ecg_config()
+  if ecg.classes != "symbols":
+    raise ValueError(
+      f"data.ecg.classes={ecg.classes!r} needs MIT-BIH records, and data.dir="
+      f"{data_config.dir!r} has none; the synthetic ECG has A, L, R and N beats only "
+      "(data.ecg.classes='symbols')"
+    )
   logging.warning(
     "no MIT-BIH records in data.dir=%r: using SYNTHETIC ECG beats (set data.dir to a folder "
     "of MIT-BIH records, e.g. from wfdb.dl_database('mitdb', DIR), for real data)",
-    directory,
+    data_config.dir,
   )
   return synthesize_beats(
     ecg.synthetic_beats_per_class,
     symbols=tuple(ecg.symbols),
     window=ecg.window,
     num_patients=ecg.synthetic_patients,
+    noise=ecg.synthetic_noise,
     seed=seed,
   )
 
@@ -542,15 +578,16 @@ def prepare_beats(data_config, *, seed: int) -> JaxvirEcgBeats:
     "size": height,
     "dir": str(data_config.dir),
     "files": _directory_fingerprint(data_config.dir),
+    "test_files": _directory_fingerprint(ecg.test_dir),
     "seed": seed,
-    "version": 2,
+    "version": 4,  # 4: the ECGSYN synthetic beats (bump when the generator changes)
   }
-  class_names = [SYMBOL_NAMES.get(symbol, symbol) for symbol in ecg.symbols]
+  names = class_names(ecg.classes, ecg.symbols)
   builder = JaxvirEcgBeats(
     data_config=data_config,
     seed=seed,
     config=BeatsConfig(
-      name=f"beats_{settings_key(settings)}", image_size=height, class_names=tuple(class_names)
+      name=f"beats_{settings_key(settings)}", image_size=height, class_names=names
     ),
     data_dir=os.path.expanduser(os.fspath(data_config.cache_dir)),
     file_format="array_record",
