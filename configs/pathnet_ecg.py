@@ -4,10 +4,17 @@
   python scripts/train.py --config configs/pathnet_ecg.py:runlocal      # < 2 minutes
   python scripts/train.py --config configs/pathnet_ecg.py:inter_patient # whole records held out
   python scripts/train.py --config configs/pathnet_ecg.py:runlocal,inter_patient
+  python scripts/train.py --config configs/pathnet_ecg.py:ds1_ds2 --config.data.ecg.test_dir=DS2
+  python scripts/train.py --config configs/pathnet_ecg.py:ds1_ds2,aami,runlocal  # offline
+  python scripts/train.py --config configs/pathnet_ecg.py:paper
 
 Arguments (comma-separated): `inter_patient` (test on whole held-out records, 111, 209 and
-212, instead of beats drawn at random from every record), `runlocal` (a run of under two
-minutes).
+212, instead of beats drawn at random from every record), `ds1_ds2` (de Chazal et al. 2004's
+inter-patient protocol on the 44 non-paced records: DS1 from `../shared/data/mitdb_ds1` trains
+and validates on whole records, DS2 from `data.ecg.test_dir` tests; with `runlocal`, whole DS1
+records test instead), `aami` (the AAMI classes N, S, V, F, Q instead of A, L, R), `paper`
+(PathNet's own settings: summed modules, validation fitness, evolution until a perfect pathway,
+the whole VGG-16 convolution stack), `runlocal` (a run of under two minutes).
 
 The same command with the same --workdir resumes a killed run from its last checkpoint.
 
@@ -30,11 +37,13 @@ import pathlib
 from jaxvir import config_args
 from jaxvir.pathnet import experiments
 
-MITDB_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mitdb"
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def get_config(arg=None):
-  args = config_args.parse(arg, flags=("runlocal", "inter_patient"))
+  args = config_args.parse(
+    arg, flags=("runlocal", "inter_patient", "ds1_ds2", "aami", "paper")
+  )
   return experiments.ecg_config(
-    data_dir=MITDB_DIR, inter_patient=args.inter_patient, runlocal=args.runlocal
+    data_dir=SHARED_DATA / "mitdb", ds1_dir=SHARED_DATA / "mitdb_ds1", **vars(args)
   )

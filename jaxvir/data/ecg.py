@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxvir.data import ecg_protocol, ecgsyn, sources
+from jaxvir.data.builders import CacheBuilder
 
 # MIT-BIH symbols and the names reported for them.
 SYMBOL_NAMES = {
@@ -488,7 +489,7 @@ class BeatsConfig(tfds.core.BuilderConfig):
   class_names: tuple[str, ...] = ()
 
 
-class JaxvirEcgBeats(tfds.core.GeneratorBasedBuilder):
+class JaxvirEcgBeats(CacheBuilder):
   """Rendered beats as one array_record split "beats", written by tfds (no TensorFlow needed).
 
   Metadata (`info.metadata`): `labels`, `groups` (record names), `symbols` and `source`
@@ -640,10 +641,18 @@ def build_mitdb_beats(data_config: ml_collections.ConfigDict, *, seed: int) -> s
     else "SYNTHETIC ECG beats (no MIT-BIH records found)"
   )
   size = builder.builder_config.image_size
+  fixed_splits = None
+  if data_config.ecg.protocol != "records":  # whole records per split, as the protocol says
+    fixed_splits = ecg_protocol.protocol_splits(
+      labels, groups, protocol=data_config.ecg.protocol, val_fraction=data_config.val_fraction,
+      test_fraction=data_config.test_fraction, seed=seed,
+    )
+    origin += f", {data_config.ecg.protocol} protocol"
   return sources.Source(
     records=BeatRecords(builder.as_data_source(split="beats"), channels=data_config.channels),
     labels=labels,
     groups=groups,
     class_names=builder.builder_config.class_names,
     description=f"ECG beats as {size}x{size} images: {origin}; {counts}.",
+    fixed_splits=fixed_splits,
   )

@@ -229,7 +229,8 @@ def split_indices(
     unknown = sorted(set(map(str, test_groups)) - set(map(str, groups)))
     if unknown:
       raise ValueError(f"config.data.test_groups: {unknown} are not groups of this data set "
-                       f"(groups: {sorted(set(map(str, groups)))})")  # fmt: skip
+                       f"(groups: {sorted(set(map(str, groups)))}); name some of those, or set "
+                       "test_groups=() to hold out whole groups at random")  # fmt: skip
     is_test = np.isin(np.asarray(groups).astype(str), np.asarray(test_groups).astype(str))
   elif not num_folds:
     parts = assign(everything, (1.0 - val_fraction - test_fraction, val_fraction, test_fraction))

@@ -54,18 +54,41 @@ def pneumonia_data(
 
 
 def ecg_config(
-  *, data_dir: str | os.PathLike, inter_patient: bool = False, runlocal: bool = False
+  *,
+  data_dir: str | os.PathLike,
+  ds1_dir: str | os.PathLike | None = None,
+  inter_patient: bool = False,
+  ds1_ds2: bool = False,
+  aami: bool = False,
+  paper: bool = False,
+  runlocal: bool = False,
 ) -> ml_collections.ConfigDict:
   """PathNet on MIT-BIH beats (A, L, R) on a frozen VGG-16 encoder.
 
   Args:
     data_dir: the folder of MIT-BIH records.
+    ds1_dir: the folder of the DS1 records, for `ds1_ds2`.
     inter_patient: hold out whole records (`INTER_PATIENT_TEST_RECORDS`) for testing instead of
       splitting beats at random (intra-patient).
+    ds1_ds2: de Chazal et al. 2004's inter-patient protocol: train on DS1 (validation on whole
+      DS1 records), test on DS2 (`data.ecg.test_dir`, or `data.dir`); with `runlocal`, whole
+      DS1 records are held out for testing instead ("ds1_holdout"), so it runs offline.
+    aami: the AAMI beat classes (N, S, V, F, Q) instead of A, L, R, with the loss weighted by
+      class (DS1 has 40 times more N than S beats).
+    paper: PathNet's own settings (see `_paper`).
     runlocal: a run of under two minutes on a 2-core CPU (see `_runlocal`).
   """
+  if inter_patient and ds1_ds2:
+    raise ValueError("config arguments inter_patient and ds1_ds2 are two test protocols; pick one")
   config = _base(task_names=("ecg",))
   ecg_data(config.data, data_dir=data_dir)
+  if ds1_ds2:
+    config.data.dir = os.path.normpath(ds1_dir)
+    config.data.ecg.protocol = "ds1_holdout" if runlocal else "ds1_ds2"
+    config.data.test_fraction = 0.3  # "ds1_holdout": about 30% of the DS1 beats test
+  if aami:
+    config.data.ecg.classes = "aami"
+    config.data.balance = "loss_weights"
   if inter_patient:  # whole records: the test records, and validation records among the rest
     config.data.split_by = "group"
     config.data.test_groups = INTER_PATIENT_TEST_RECORDS
@@ -81,9 +104,30 @@ def ecg_config(
   config.train.batch_size = 64
   config.train.epochs = 40
   config.train.early_stopping_patience = 6
+  if paper:
+    _paper(config)
   if runlocal:
     _runlocal(config)
     config.data.ecg.max_beats_per_class = 200
+  return config
+
+
+def _paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """PathNet's settings (Fernando et al. 2017), where they differ from the defaults.
+
+  The active modules of a layer are summed (the defaults average them, as the PathNet authors
+  told a reimplementer, which keeps a layer's scale independent of N); fitness is the accuracy on
+  the validation split (the defaults use the training minibatches' accuracy, which costs no
+  extra forward pass); evolution runs until a pathway is perfect, capped at 500 generations (the
+  defaults stop at 60: on beats, later generations rarely changed the best path); and the
+  encoder is the whole VGG-16 convolution stack (the defaults stop at block 4: a 4x4x512 map for
+  64x64 images instead of 2x2x512).
+  """
+  config.pathnet.aggregation = "sum"
+  config.pathnet.fitness = "validation"
+  config.pathnet.fitness_threshold = 1.0
+  config.pathnet.max_generations = 500
+  config.pathnet.encoder_stage = "block5"
   return config
 
 

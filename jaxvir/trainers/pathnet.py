@@ -41,7 +41,7 @@ import numpy as np
 
 from jaxvir import checkpoint, report
 from jaxvir import run as run_lib
-from jaxvir.data import ecg  # noqa: F401 - registers the mitdb_beats source
+from jaxvir.data import ecg_protocol
 from jaxvir.errors import ConfigError
 from jaxvir.pathnet import config as pathnet_config
 from jaxvir.pathnet import features as features_lib
@@ -213,6 +213,14 @@ def _task_summary(workdir, task, result, *, split: str, ablation: bool = False) 
   }
   if task["class_weights"] is not None:
     extra["class_weights"] = task["class_weights"].tolist()
+  groups = task["source"].groups
+  if groups is not None:  # e.g. ECG records: figures per record, as the ECG literature reports
+    extra["groups"] = {split: sorted(set(np.asarray(groups)[indices].astype(str).tolist()))
+                       for split, indices in task["splits"].items()}  # fmt: skip
+    extra["per_group"] = ecg_protocol.beat_report(
+      labels, np.argmax(result["probs"], -1), class_names=task["class_names"],
+      groups=np.asarray(groups)[task["splits"]["test"]],
+    )
   if ablation:
     extra["head"] = "no path selection: plain fully connected head"
   else:
