@@ -174,6 +174,7 @@ def run_task(
 
   best = np.asarray(evolved["genotype"], np.int32)
   head = finetune.path_head(spec, best, trainable=trainable)
+  fit_start = time.perf_counter()
   fitted, fit_history = finetune.fit(
     head,
     fit_params,
@@ -200,6 +201,7 @@ def run_task(
     "head": head,
     "probs": finetune.predict(head, fitted, task["features"][test]),
     "fit_history": fit_history,
+    "fit_seconds": time.perf_counter() - fit_start,
     "generations": len(evolved["history"]),
     "evolution_seconds": evolved["seconds"],
     "pathways_per_second": len(evolved["history"]) * pathnet.population_size / evolved["seconds"],

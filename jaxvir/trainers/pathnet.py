@@ -141,7 +141,21 @@ def train(run: run_lib.Run) -> dict:
       stages=stages,
     )
   run.close()
+  _log_time(tasks, results)
   return summary
+
+
+def _log_time(tasks, results) -> None:
+  """One line: where this process's time went (a resumed run counts only its own part)."""
+  seconds = {"data (rendering included)": 0.0, "encoder features": 0.0, "evolution": 0.0,
+             "final training": 0.0}  # fmt: skip
+  for task in tasks:
+    seconds["data (rendering included)"] += task["seconds"]["data"]
+    seconds["encoder features"] += task["seconds"]["encoder features"]
+  for result in results.values():
+    seconds["evolution"] += result.get("evolution_seconds") or 0.0
+    seconds["final training"] += result.get("fit_seconds") or 0.0
+  log.info("time: %s", ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items()))
 
 
 def load_results(workdir: str | pathlib.Path) -> dict[str, dict]:
