@@ -129,7 +129,7 @@ def test_pathnet_ecg_combines_runlocal_and_inter_patient():
   config = load("pathnet_ecg.py:runlocal,inter_patient")
   assert config.to_dict() == load("pathnet_ecg.py:inter_patient,runlocal").to_dict()
   assert config.data.split_by == "group"
-  assert tuple(config.data.ecg.test_records) == ("111", "209", "212")
+  assert tuple(config.data.test_groups) == ("111", "209", "212")
   assert tuple(config.data.image_size) == (32, 32)
   assert (config.pathnet.population_size, config.data.ecg.max_beats_per_class) == (16, 200)
   assert load("pathnet_ecg.py:runlocal").data.split_by == "example"
