@@ -28,6 +28,7 @@ Example:
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -120,25 +121,24 @@ def loops_with_products(hlo_text: str) -> list[str]:
     header = re.match(r"(?:ENTRY )?%([\w.\-]+) \(.*\{$", line)
     if header:
       name = header.group(1)
-      computations[name] = []
+      computations[name] = ""
     elif name is not None:
-      computations[name].append(line)
+      computations[name] += line + "\n"
+  # What a computation calls (fusions, loop bodies, branches, reducers): the computation names
+  # it mentions (HLO names are unique within a module).
   callees = {
-    name: set(re.findall(r"(?:calls|body|condition|to_apply|computations)=\{?%([\w.\-]+)",
-                         "\n".join(lines)))
-    | set(re.findall(r", %([\w.\-]+)", " ".join(
-      m.group(1) for m in re.finditer(r"branch_computations=\{([^}]*)\}", "\n".join(lines)))))
-    for name, lines in computations.items()
+    name: set(re.findall(r"%([\w.\-]+)", text)) & computations.keys() - {name}
+    for name, text in computations.items()
   }
 
-  def has_products(name, seen=()):
-    text = "\n".join(computations.get(name, ()))
-    if re.search(r"\b(dot|convolution)\(", text):
-      return True
-    return any(has_products(c, (*seen, name)) for c in callees.get(name, ()) if c not in seen)
+  @functools.cache  # HLO call graphs are acyclic
+  def has_products(name: str) -> bool:
+    return bool(re.search(r"\b(dot|convolution)\(", computations[name])) or any(
+      has_products(callee) for callee in callees[name]
+    )
 
   bodies = re.findall(r"\bwhile\(.*?body=%([\w.\-]+)", hlo_text)
-  return sorted({body for body in bodies if has_products(body)})
+  return sorted({body for body in bodies if body in computations and has_products(body)})
 
 
 def _flops(compiled, hlo_text: str) -> float | None:
@@ -152,12 +152,12 @@ def _flops(compiled, hlo_text: str) -> float | None:
 
 
 def _compiled_bytes(compiled) -> int | None:
-  """XLA's estimate of a program's peak memory per device: arguments, outputs, temporaries."""
+  """XLA's memory plan of a program per device: arguments + outputs + temporaries, less the
+  outputs that reuse donated arguments (an upper bound on what it holds at once)."""
   memory = compiled.memory_analysis()
   if memory is None:
     return None
-  peak = getattr(memory, "peak_memory_in_bytes", 0)
-  return int(peak or memory.argument_size_in_bytes + memory.output_size_in_bytes
+  return int(memory.argument_size_in_bytes + memory.output_size_in_bytes
              + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
 
 
