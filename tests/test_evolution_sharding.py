@@ -17,19 +17,28 @@ FEATURES = (2, 2, 3)
 
 
 def run_generations(mesh=None, *, generations: int = 3):
-  """A few generations of a tiny evolution; returns the final state, metrics and the program."""
+  """A few generations of a tiny evolution; returns the final state, the metrics of each
+  generation and the compiled generation step. Parameters come from numpy: jitted
+  initialisers would compile for seconds."""
   settings = evolution.EvolutionSettings(population_size=8, train_steps=2, batch_size=4)
   strategy = evolution.Evolution(settings, SPEC, optax.adam(1e-2), mesh=mesh)
-  x = jax.random.normal(jax.random.key(7), (32, *FEATURES))
-  y = jax.random.randint(jax.random.key(8), (32,), 0, 3)
-  data = evolution.EvolutionData(x, y)
-  state = strategy.init(
-    jax.random.key(2), supernet.init_params(jax.random.key(0), SPEC, feature_shape=FEATURES),
-    supernet.init_readout(jax.random.key(1), SPEC, num_classes=3),
+  rng = np.random.default_rng(0)
+  shapes = jax.eval_shape(
+    lambda: (supernet.init_params(jax.random.key(0), SPEC, feature_shape=FEATURES),
+             supernet.init_readout(jax.random.key(1), SPEC, num_classes=3))
   )
-  compiled = strategy.run.lower(state, jax.random.key(3), data, num_generations=generations)
-  state, metrics = strategy.run(state, jax.random.key(3), data, num_generations=generations)
-  return state, metrics, compiled.compile().as_text()
+  params, readout = jax.tree.map(
+    lambda s: (0.5 * rng.standard_normal(s.shape)).astype(np.float32), shapes
+  )
+  x = rng.standard_normal((32, *FEATURES)).astype(np.float32)
+  data = evolution.EvolutionData(x, rng.integers(0, 3, 32).astype(np.int32))
+  state = strategy.init(jax.random.key(2), params, readout)
+  step = strategy.step.lower(state, jax.random.key(3), data).compile()
+  metrics = []
+  for generation in range(generations):
+    state, generation_metrics = step(state, jax.random.key(generation), data)
+    metrics.append(generation_metrics)
+  return state, jax.tree.map(lambda *m: np.stack(m), *metrics), step.as_text()
 
 
 SCRIPT = """
