@@ -17,7 +17,9 @@ a window's time divided by its steps is one step-time sample. Model FLOPs utilis
 the compiled program's own FLOP count (`Compiled.cost_analysis()`, per device: under SPMD each
 device runs the partitioned program) per median step time, over the device's peak in
 `PEAK_TFLOPS` (dense, no sparsity) for the compute dtype; `--peak-tflops` overrides it. The count
-is XLA's: it includes the optimizer update and BatchNorm, and recomputation under remat.
+is XLA's: it includes the optimizer update and BatchNorm, and recomputation under remat; a
+program whose loops hold matrix products (PathNet's `lax.scan`) gets none, as XLA counts a loop
+body once. On CPU the peak is unknown and MFU empty unless `--peak-tflops` is given.
 
 Example:
 
@@ -444,11 +446,13 @@ def bench_evolution(args, mesh) -> dict:
   compiled, compile_seconds = _compile(
     strategy.run, state, key, pathnet_data, num_generations=args.window
   )
+  # One call runs `window` generations under `lax.scan` (as training does between log lines);
+  # every call reuses the key: the draws change nothing that costs time.
   _, samples = time_steps(
     lambda s: compiled(s, key, pathnet_data)[0], state, warmup=max(args.warmup // args.window, 1),
-    steps=args.steps, window=1,
+    steps=max(args.steps // args.window, 1), window=1,
   )
-  samples = [s / args.window for s in samples]  # one compiled run is `window` generations
+  samples = [s / args.window for s in samples]
   return {
     "mode": "evolution", "population": args.population, "feature_shape": feature_shape,
     "train_steps": settings.train_steps, "pathway_batch": settings.batch_size,
@@ -463,8 +467,8 @@ def metadata(args) -> dict:
 
   device = jax.devices()[0]
   return {
-    "command": "python -m jaxvir.benchmark " + " ".join(sys.argv[1:]),
-    "args": vars(args),
+    "command": args.command,
+    "args": {name: value for name, value in vars(args).items() if name != "command"},
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "jax": jax.__version__, "flax": flax.__version__,
     "backend": jax.default_backend(), "device_kind": device.device_kind,
@@ -572,6 +576,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", help="also write the full report to this JSON file")
   args = parser.parse_args(argv)
+  args.command = " ".join(["python -m jaxvir.benchmark", *(sys.argv[1:] if argv is None else argv)])
   if args.mode != "evolution":
     args.batch = args.batch or 32
   if args.mode != "evolution" and args.batch % jax.device_count():
