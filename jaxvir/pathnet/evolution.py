@@ -52,7 +52,8 @@ Example:
   >>> evolution = Evolution(EvolutionSettings(population_size=64), spec, optax.adam(1e-3))
   >>> state = evolution.init(jax.random.key(0), params, readout)
   >>> state, metrics = evolution.run(state, jax.random.key(1), data, num_generations=10)
-  >>> sharded = Evolution(settings, spec, optax.adam(1e-3), mesh=jaxvir.parallel.make_mesh())
+  >>> sharded = Evolution(EvolutionSettings(population_size=64), spec, optax.adam(1e-3),
+  ...                     mesh=jaxvir.parallel.make_mesh())  # population split over devices
 """
 
 import dataclasses
