@@ -150,3 +150,13 @@ def test_pathnet_joint_pairs_ecg_with_chest_xrays():
 @pytest.mark.parametrize("module", [config_args, pathnet_experiments, twinvae_experiments])
 def test_docstring_examples(module):
   assert doctest.testmod(module).failed == 0
+
+
+def test_twinvae_paper_follows_the_paper_where_the_authors_code_differs():
+  paper, reference = load("twinvae_pc.py:paper").twinvae, load("twinvae_pc.py").twinvae
+  assert (paper.crop_area, paper.ratio) == (0.81, 1.0)  # 115 of 128 px per side; 1:1 pre-training
+  assert (reference.crop_area, reference.ratio) == (0.9, 2.0)
+  assert not paper.frozen_outer_trains_regressor and reference.frozen_outer_trains_regressor
+  assert not paper.sample_at_eval and reference.sample_at_eval  # the authors' code samples
+  assert reference.select_on == "val"
+  assert load("twinvae_transfer.py:paper").twinvae.ratio == 2.0  # 2:1 is the transfer ratio
