@@ -9,13 +9,19 @@ on device). PyTorch runs the torchvision-layout model with the same weights (con
 jaxvir's rule table), channels-last, the same freezing (`requires_grad=False`) and the same
 optimizer (SGD, momentum 0.9). Both train with BatchNorm in training mode. The two alternate in
 one process for `--repeats` rounds of `--steps` steps; the script prints the medians in images
-per second, the time ratio jaxvir/PyTorch (below 1: jaxvir faster) and the load average.
-Compilation (jaxvir) and the first step (PyTorch) are timed apart.
+per second, the time ratio jaxvir/PyTorch (below 1: jaxvir faster), the host allocator
+(`jaxvir.allocator`: tcmalloc where installed, for both) and the load average. Compilation
+(jaxvir) and the first step (PyTorch) are timed apart; then both warm up until their rounds are
+steady (`timing.warm_up`).
 
 `--cache` (with a preset whose frozen layers form a prefix, e.g. VGG-16 `ft2`) also times an
 epoch of `--epoch-batches` batches: jaxvir computes the frozen prefix once per image (timed
 apart) and trains on the cached features; PyTorch recomputes the frozen blocks every step.
 """
+
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
 
 import argparse
 import json
@@ -30,10 +36,11 @@ import optax
 import torch
 import torch.nn.functional as F
 from flax import nnx
+from timing import warm_up
 from torch_models import ARCHS, jaxvir_weights, numpy_images, torch_model
 
+from jaxvir import allocator, convert, models, optim, parallel, prefix_cache, steps, tasks, xla
 from jaxvir import config as config_lib
-from jaxvir import convert, models, optim, parallel, prefix_cache, steps, tasks, xla
 from jaxvir.models import layers, presets
 
 LEARNING_RATE = 1e-3
@@ -256,6 +263,10 @@ def main(argv=None) -> dict:
       args, model, labels, torch_train, results, lambda: holder["state"]
     )
 
+  results["warmup_rounds"] = warm_up(
+    [lambda f=f: timed(f, args.steps) for pair in pairs.values() for f in pair]
+  )
+  results["allocator"] = allocator.current()
   results["load_before"] = os.getloadavg()
   times = alternate(pairs, repeats=args.repeats, steps_per_round=args.steps)
   results["load_after"] = os.getloadavg()
@@ -342,7 +353,10 @@ def print_results(results: dict) -> None:
         f"{r['torch_images_per_s']:8.1f} img/s  time ratio jaxvir/torch "
         f"{r['time_ratio_jaxvir_over_torch']:.2f}"
       )
-  print(f"load average before {results['load_before']}, after {results['load_after']}")
+  print(
+    f"allocator {results['allocator']}; load average before {results['load_before']}, "
+    f"after {results['load_after']}"
+  )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ prints the table and writes `<out>.csv` (numbers, intervals as `<metric>_low/_hi
 and `<out>.md` (Markdown, intervals in brackets). `--out` defaults to `./comparison`.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import argparse
 import csv
 import pathlib

@@ -8,6 +8,10 @@ writes (or updates) WORKDIR/report.json and WORKDIR/plots/SPLIT/*.png: confusion
 curves of WORKDIR/metrics.jsonl.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import argparse
 import json
 import logging

@@ -8,6 +8,10 @@ predicted class, one probability column per class (`prob_<class>`), and an error
 for files that could not be read (the others are still predicted).
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import argparse
 import logging
 import sys

@@ -7,6 +7,10 @@ Without --workdir the run goes to runs/<config name>/<timestamp>/. Rerunning wit
 --workdir resumes from its latest checkpoint.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import datetime
 import logging
 import pathlib
