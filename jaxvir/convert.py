@@ -20,6 +20,10 @@ The output directory holds `state/` (an Orbax checkpoint of the pure-dict model 
 and BatchNorm statistics) and `metadata.json`; `jaxvir.models.load_pretrained(DIR)` reads both.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import argparse
 import dataclasses
 import hashlib
