@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 
 def warm_up(
-  rounds: Sequence[Callable[[], float]], *, tolerance: float = 0.05, max_rounds: int = 8
+  rounds: Sequence[Callable[[], float]], *, tolerance: float = 0.05, max_rounds: int = 5
 ) -> int:
   """Runs every `round` (returns its seconds) in turn until each one's last two are within
   `tolerance` of each other, or `max_rounds` times; returns how many times they ran.
