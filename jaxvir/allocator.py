@@ -26,19 +26,16 @@ import sysconfig
 from collections.abc import Callable, Mapping
 
 ENV_VAR = "JAXVIR_ALLOCATOR"
-# Shared-library file names, preferred allocator first (Debian packages libtcmalloc-minimal4
-# and libjemalloc2).
+# Shared-library file names, preferred allocator first.
 LIBRARIES = {
   "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
   "jemalloc": ("libjemalloc.so.2",),
 }
+PACKAGES = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}  # Debian's
 CHOICES = ("auto", *LIBRARIES, "system")
 # gperftools' tcmalloc writes a stack trace to stderr for each allocation above 1 GiB by default.
 SETTINGS = {"tcmalloc": {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}, "jemalloc": {}}
-INSTALL = (
-  "apt-get install libtcmalloc-minimal4 (or your distribution's gperftools package) makes "
-  "training steps on CPU about 15-25% faster and steadier"
-)
+GAIN = "makes training steps on CPU about 15-25% faster and steadier"
 
 
 def library_dirs(environ: Mapping[str, str] = os.environ) -> list[pathlib.Path]:
@@ -140,15 +137,21 @@ def describe(
   """One line naming the allocator in use; without a faster one, how to install it."""
   wanted = choice(environ)
   if loaded_name is not None:
-    return f"allocator: {loaded_name} ({ENV_VAR}=system for the system's malloc)"
+    return f"allocator: {loaded_name} (LD_PRELOAD; {ENV_VAR}=system for the system's malloc)"
   if wanted == "system":
     return f"allocator: {system_malloc()} ({ENV_VAR}=system)"
-  found = [(name, path) for name in LIBRARIES if (path := find(name))]
-  if wanted != "auto" and wanted not in dict(found):
-    return f"allocator: {system_malloc()}; {ENV_VAR}={wanted} but it is not installed: {INSTALL}"
-  if found:
-    return f"allocator: {system_malloc()}; {found[0][1]} is installed but not loaded"
-  return f"allocator: {system_malloc()}; {INSTALL}"
+  if wanted != "auto" and find(wanted) is None:
+    return (
+      f"allocator: {system_malloc()}; {ENV_VAR}={wanted} but it is not installed: "
+      f"apt-get install {PACKAGES[wanted]}"
+    )
+  installed = [path for name in LIBRARIES if (path := find(name))]
+  if installed:
+    return f"allocator: {system_malloc()}; {installed[0]} is installed but not loaded"
+  return (
+    f"allocator: {system_malloc()}; apt-get install {PACKAGES['tcmalloc']} (or your "
+    f"distribution's gperftools package) {GAIN}"
+  )
 
 
 def use_preferred() -> None:
@@ -163,12 +166,13 @@ def use_preferred() -> None:
     print(f"allocator: {system_malloc()}", file=sys.stderr)
     return
   try:
-    rerunnable = sys.argv[0] not in ("", "-")
-    environment = rerunnable and rerun_environment(os.environ, loaded_name=loaded())
+    choice()
   except ValueError as error:
     raise SystemExit(f"error: {error}") from None
-  if environment:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, environment)
+  if sys.argv[0] not in ("", "-"):
+    environment = rerun_environment(os.environ, loaded_name=loaded())
+    if environment is not None:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os.execve(sys.executable, sys.orig_argv, environment)
   print(describe(loaded_name=loaded()), file=sys.stderr)
