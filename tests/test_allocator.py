@@ -128,20 +128,20 @@ def test_classify_folder_metrics_are_bitwise_the_same_under_tcmalloc_and_glibc(t
   ]
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   env.pop("LD_PRELOAD", None)
-  runs = {
-    name: subprocess.Popen(
-      [sys.executable, *command, f"--workdir={tmp_path / name}"],
-      env={**env, "JAXVIR_ALLOCATOR": name},
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for name in ("tcmalloc", "system")
-  }
+  runs = {}
+  for name in ("tcmalloc", "system"):  # side by side: the two cores take one each
+    with (tmp_path / f"{name}.log").open("w") as log:
+      runs[name] = subprocess.Popen(
+        [sys.executable, *command, f"--workdir={tmp_path / name}"],
+        env={**env, "JAXVIR_ALLOCATOR": name},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+      )
   for name, process in runs.items():
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr[-3000:]
-    assert f"allocator: {'tcmalloc' if name == 'tcmalloc' else allocator.system_malloc()}" in stderr
+    log = tmp_path / f"{name}.log"
+    assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+    in_use = "tcmalloc" if name == "tcmalloc" else allocator.system_malloc()
+    assert f"allocator: {in_use}" in log.read_text()
 
   def results(workdir):
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
