@@ -153,16 +153,17 @@ def _time(fn) -> float:
 
 def measure_training(batch: int, repeats: int) -> dict:
   """Alternates jaxvir and PyTorch steps; returns medians (s/step) and images per second."""
-  from timing import warm_up  # beside this script, which the tests load from its path
+  from timing import measure, medians, warm_up  # beside this script (tests load it by path)
 
   jax_step, torch_step = _jax_step_fn(batch), _torch_step_fn(batch)
   jax_step()  # compiles
   warmup_rounds = warm_up([lambda: _time(jax_step), lambda: _time(torch_step)])
-  jax_times, torch_times = [], []
+  jax_rounds, torch_rounds = [], []
   for _ in range(repeats):
-    jax_times.append(_time(jax_step))
-    torch_times.append(_time(torch_step))
-  jax_median, torch_median = statistics.median(jax_times), statistics.median(torch_times)
+    jax_rounds.append(measure(jax_step, 1))
+    torch_rounds.append(measure(torch_step, 1))
+  jax_median = statistics.median(r.seconds for r in jax_rounds)
+  torch_median = statistics.median(r.seconds for r in torch_rounds)
   images = 2 * batch
   return {
     "batch_per_twin": batch,
@@ -172,6 +173,8 @@ def measure_training(batch: int, repeats: int) -> dict:
     "jaxvir_images_per_s": images / jax_median,
     "torch_images_per_s": images / torch_median,
     "time_ratio_jaxvir_over_torch": jax_median / torch_median,
+    **medians(jax_rounds, "jaxvir"),
+    **medians(torch_rounds, "torch"),
   }
 
 
