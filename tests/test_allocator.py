@@ -139,7 +139,7 @@ def test_classify_folder_metrics_are_bitwise_the_same_under_tcmalloc_and_glibc(t
       )
   for name, process in runs.items():
     log = tmp_path / f"{name}.log"
-    assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
     in_use = "tcmalloc" if name == "tcmalloc" else allocator.system_malloc()
     assert f"allocator: {in_use}" in log.read_text()
 
