@@ -29,11 +29,9 @@ def test_by_default_a_command_reruns_with_tcmalloc_preloaded_after_the_users_lib
   assert allocator.rerun_environment({}, loaded_name=None, find=BOTH)["LD_PRELOAD"] == TCMALLOC
 
 
-def test_jemalloc_is_the_fallback_and_can_be_chosen():
+def test_jemalloc_runs_only_when_chosen():
   only_jemalloc = {"jemalloc": JEMALLOC}.get
-  assert allocator.rerun_environment({}, loaded_name=None, find=only_jemalloc)["LD_PRELOAD"] == (
-    JEMALLOC
-  )
+  assert allocator.rerun_environment({}, loaded_name=None, find=only_jemalloc) is None
   chosen = allocator.rerun_environment(
     {"JAXVIR_ALLOCATOR": "jemalloc"}, loaded_name=None, find=BOTH
   )
