@@ -31,7 +31,8 @@ import sysconfig
 from collections.abc import Callable, Mapping
 
 ENV_VAR = "JAXVIR_ALLOCATOR"
-# Shared-library file names of each allocator; `auto` uses the first.
+AUTO = "tcmalloc"  # what `auto` runs under
+# Shared-library file names of each allocator.
 LIBRARIES = {
   "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
   "jemalloc": ("libjemalloc.so.2",),
@@ -106,7 +107,7 @@ def rerun_environment(
   wanted = choice(environ)
   if wanted == "system" or loaded_name is not None:
     return None
-  name = next(iter(LIBRARIES)) if wanted == "auto" else wanted
+  name = AUTO if wanted == "auto" else wanted
   path, preload = find(name), environ.get("LD_PRELOAD", "")
   if path is None or path in preload.replace(" ", ":").split(":"):
     return None
@@ -142,11 +143,11 @@ def describe(
       f"allocator: {system_malloc()}; {ENV_VAR}={wanted} but it is not installed: "
       f"apt-get install {PACKAGES[wanted]}"
     )
-  path = find(next(iter(LIBRARIES)) if wanted == "auto" else wanted)
+  path = find(AUTO if wanted == "auto" else wanted)
   if path is not None:
     return f"allocator: {system_malloc()}; {path} is installed but not loaded"
   return (
-    f"allocator: {system_malloc()}; apt-get install {PACKAGES['tcmalloc']} (or your "
+    f"allocator: {system_malloc()}; apt-get install {PACKAGES[AUTO]} (or your "
     f"distribution's gperftools package) {GAIN}"
   )
 
