@@ -217,8 +217,10 @@ def cached_dataset(dataset, prefix_fn, *, batch_size: int, path: pathlib.Path | 
     lambda indices: np.stack([records[int(i)]["image"] for i in indices]),
     num_records=len(records), variants=variants, batch_size=batch_size, path=path,
   )
-  source = dataclasses.replace(
-    dataset.source, records=data.sources.ArrayRecords(table.features, dataset.source.labels)
+  # A plain Source with every field of the original (an ArraySource has its own constructor).
+  fields = {f.name: getattr(dataset.source, f.name) for f in dataclasses.fields(data.Source)}
+  source = data.Source(
+    **dict(fields, records=data.sources.ArrayRecords(table.features, dataset.source.labels))
   )
   picker = VariantPicker(dataset.augment, variants, square=height == width)
   return dataclasses.replace(dataset, source=source, augment=picker)
