@@ -20,6 +20,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarni
 # The arguments each config accepts, in its declared order (the README's table).
 ARGUMENTS = {
   "classify_folder": ("runlocal",),
+  "cpe_multitask": ("runlocal", "mux"),
+  "cpe_single": ("runlocal",),
   "pathnet_ecg": ("runlocal", "inter_patient"),
   "pathnet_joint": ("runlocal", "inter_patient"),
   "pathnet_pneumonia": ("runlocal",),
