@@ -32,7 +32,7 @@ Example:
 import ml_collections
 
 from jaxvir import config as config_lib
-from jaxvir.data import cpe_cells
+from jaxvir.data import cpe_cells, cpe_line
 from jaxvir.tasks import CPE_HEADS
 
 # {cell line: its classes}, the folder names of `DIR/<cell line>/<class>/`.
@@ -40,13 +40,17 @@ CELL_LINES = {head.name: head.classes for head in CPE_HEADS.heads}
 
 
 def cpe_config(
-  *, multitask: bool, runlocal: bool = False, mux: bool = False
+  *, multitask: bool, runlocal: bool = False, mux: bool = False, line: str | None = None
 ) -> ml_collections.ConfigDict:
   """The single (`multitask=False`) or multi-task CPE config; `mux` makes MUX the headline.
 
   `runlocal`: a few minutes on a 2-core CPU: the embedded monolayers at 64x64 (200 photos per
-  class, 4 per well) and a small CNN instead of ResNet-50.
+  class, 4 per well) and a small CNN instead of ResNet-50. `line` (single model only): the
+  classes of one cell line, read from `DIR/<line>/<class>/` given as `data.dir=DIR/<line>`, or
+  embedded (`cpe_cells_line`): a DEMUX-single model.
   """
+  if line is not None and (multitask or line not in CELL_LINES):
+    raise ValueError(f"line={line!r}: a single model's cell line, one of {list(CELL_LINES)}")
   config = config_lib.base_config()
   data = config.data
   data.name = "folder"
@@ -70,11 +74,15 @@ def cpe_config(
     config.task.decision = "mux" if mux else "fusion"
     # Grad-CAM explains one logit per class; the heads' classes have one per head.
     config.eval.grad_cam_per_class = 0
+  if line is not None:
+    data.layout = "class"
+    data.class_domains = {line: CELL_LINES[line]}
   if runlocal:
     config_lib.runlocal(config)
-    data.name = "cpe_cells"
+    data.name = "cpe_cells" if line is None else "cpe_cells_line"
     with data.unlocked():
-      data.cpe = cpe_cells.default_cpe_config()
+      data.cpe = cpe_cells.default_cpe_config() if line is None else cpe_line.cpe_line_config(
+        line=line)
     data.cpe.images_per_class = 200
     data.image_size = (64, 64)
     data.channels = 1

@@ -104,9 +104,6 @@ def test_multitask_run_reports_mux_fusion_heads_and_predicts(tmp_path):
   assert len(mux["heads"]["MK2"]["confusion_matrix"]) == 5 and "heads" not in fusion
   assert (workdir / "plots" / "fusion_test" / "confusion_matrix.png").exists()
 
-  evaluate.evaluate_run(workdir, split="val")
-  assert {"val", "fusion_val"} <= set(report.read(workdir)["splits"])
-
   images, _, _ = data.cpe_cells.generate(
     images_per_class=1, photos_per_well=1, image_size=(16, 16), channels=1, seed=1
   )
@@ -114,3 +111,20 @@ def test_multitask_run_reports_mux_fusion_heads_and_predicts(tmp_path):
   rows = evaluate.predict_files(workdir, [tmp_path / "a.png"])
   assert rows[0]["predicted_class"] in (*CPE_HEADS.class_names, "none")
   assert sum(rows[0][f"prob_RD/{name}"] for name in ("RD-CVB1", "RD", "none")) == pytest.approx(1)
+
+
+def test_demux_decisions_route_each_line_model_to_the_final_classes():
+  results = {
+    # Models list their classes sorted (as folders do): MDCK, MDCK-IAV, MDCK-IBV.
+    "MDCK": (np.array([1, 0]), np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]]),
+             ("MDCK", "MDCK-IAV", "MDCK-IBV")),
+    "MK2": (np.array([2]), np.array([[0.25, 0.25, 0.25, 0.25]]), CPE_HEADS.heads[1].classes),
+    "RD": (np.array([0]), np.array([[0.4, 0.6]]), ("RD-CVB1", "RD")),
+  }  # fmt: skip
+  labels, answers, scores = classifier.demux_decisions(CPE_HEADS, results)
+  assert labels.tolist() == [0, 2, 5, 7]  # MDCK-IAV, MDCK, MK2-Para3, RD-CVB1
+  assert answers.tolist() == [0, 2, 3, 8]  # MK2's four-way tie: the head's first class
+  assert scores[0].tolist() == [0.7, 0.2, 0.1, 0, 0, 0, 0, 0, 0]
+  assert scores[3].tolist() == [0, 0, 0, 0, 0, 0, 0, 0.4, 0.6]
+  with pytest.raises(DataError, match="the RD model.s classes"):
+    classifier.demux_decisions(CPE_HEADS, {**results, "RD": (*results["RD"][:2], ("RD", "Vero"))})

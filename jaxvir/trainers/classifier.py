@@ -577,24 +577,108 @@ def report_multihead(
     )
     for h, (head, (start, stop)) in enumerate(zip(spec.heads, spec.head_slices, strict=True))
   }
-  lines = spec.class_heads[labels]
   entries = {}
   for rule, (answers, scores) in multihead_decisions(
     spec, probs, labels, none_answer=task.none_answer
   ).items():
     headline = rule == task.decision
-    accuracy = {
-      line: float(np.mean(answers[lines == h] == labels[lines == h]))
-      for h, line in enumerate(spec.head_names) if np.any(lines == h)
-    }
     entries[rule] = report.write_decisions(
       workdir, labels=labels, predictions=answers, scores=scores, class_names=spec.class_names,
       none_name=spec.none_name if rule == "fusion" and task.none_answer else None,
       split=split if headline else f"{rule}_{split}",
-      extra={**extra, "decision": rule, "cell_line_accuracy": accuracy,
+      extra={**extra, "decision": rule,
+             "cell_line_accuracy": cell_line_accuracy(spec, labels, answers),
              **({"heads": heads} if headline else {})},
     )
   return entries[task.decision]
+
+
+def demux_decisions(
+  spec: tasks.HeadSpec, line_results: dict[str, tuple[np.ndarray, np.ndarray, tuple[str, ...]]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """DEMUX-single: per-cell-line models, each on its own cell line's images, as final classes.
+
+  Args:
+    spec: the heads; one model per head (cell line), over that head's classes in any order.
+    line_results: {head name: (labels, probs, class_names)} of each model on its images.
+
+  Returns:
+    `(labels, answers, scores)` over `spec.class_names`: scores hold each model's
+    probabilities in its head's block and 0 elsewhere (the known cell line), answers follow
+    `tasks.demux_predict`.
+
+  Raises:
+    DataError: a head without a model, or a model whose classes are not its head's.
+  """
+  if set(line_results) != set(spec.head_names):
+    raise DataError(
+      f"DEMUX needs one model per cell line {spec.head_names}, got {sorted(line_results)}"
+    )
+  first_class = np.cumsum([0, *(len(head.classes) for head in spec.heads)])
+  labels, blocks, lines = [], [], []
+  for h, head in enumerate(spec.heads):
+    line_labels, probs, class_names = line_results[head.name]
+    if sorted(class_names) != sorted(head.classes):
+      raise DataError(
+        f"the {head.name} model's classes {list(class_names)} are not the cell line's "
+        f"{list(head.classes)}; train it on DIR/{head.name}/ only"
+      )
+    order = np.array([head.classes.index(name) for name in class_names])
+    in_head = np.zeros_like(probs)
+    in_head[:, order] = probs
+    labels.append(first_class[h] + order[line_labels])
+    blocks.append([in_head if g == h else np.zeros((len(probs), len(other.classes)))
+                   for g, other in enumerate(spec.heads)])  # fmt: skip
+    lines.append(np.full(len(probs), h))
+  head_probs = [np.concatenate([block[g] for block in blocks]) for g in range(len(spec.heads))]
+  cell_lines = np.concatenate(lines)
+  answers = np.asarray(tasks.demux_predict(head_probs, cell_lines, spec=spec))
+  return np.concatenate(labels), answers, np.concatenate(head_probs, axis=-1)
+
+
+def write_demux_report(
+  workdir: str | pathlib.Path,
+  line_workdirs: dict[str, str | pathlib.Path],
+  *,
+  split: str = "test",
+  checkpoint: str | int = "best",
+  spec: tasks.HeadSpec = tasks.CPE_HEADS,
+) -> dict:
+  """Writes `workdir/report.json`'s `split`: the DEMUX report of per-cell-line classifier runs.
+
+  Args:
+    workdir: where the combined report goes.
+    line_workdirs: {cell line (head name): the workdir of a run trained on its classes only}.
+    split: the split of every run to evaluate (each run's own images of its cell line).
+    checkpoint: "best", "last" or a step number, of every run.
+    spec: the heads.
+
+  Example:
+    >>> runs = {"MDCK": "runs/mdck", "MK2": "runs/mk2", "RD": "runs/rd"}
+    >>> write_demux_report("runs/cpe_demux", runs)  # doctest: +SKIP
+  """
+  results = {}
+  for line, line_workdir in line_workdirs.items():
+    restored = restore(line_workdir, checkpoint_name=checkpoint)
+    _, labels, probs = predict_split(restored, split)
+    results[line] = (labels, probs, restored.dataset.class_names)
+  labels, answers, scores = demux_decisions(spec, results)
+  return report.write_decisions(
+    workdir, labels=labels, predictions=answers, scores=scores, class_names=spec.class_names,
+    split=split, extra={
+      "decision": "demux", "runs": {line: str(path) for line, path in line_workdirs.items()},
+      "cell_line_accuracy": cell_line_accuracy(spec, labels, answers),
+    },
+  )
+
+
+def cell_line_accuracy(spec: tasks.HeadSpec, labels: np.ndarray, answers: np.ndarray) -> dict:
+  """{cell line: accuracy of `answers` on its images}, for the lines with images."""
+  lines = spec.class_heads[labels]
+  return {
+    line: float(np.mean(answers[lines == h] == labels[lines == h]))
+    for h, line in enumerate(spec.head_names) if np.any(lines == h)
+  }
 
 
 def write_grad_cam_figures(run: Restored, split: str, directory: pathlib.Path) -> None:
