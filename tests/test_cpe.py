@@ -128,3 +128,19 @@ def test_demux_decisions_route_each_line_model_to_the_final_classes():
   assert scores[3].tolist() == [0, 0, 0, 0, 0, 0, 0, 0.4, 0.6]
   with pytest.raises(DataError, match="the RD model.s classes"):
     classifier.demux_decisions(CPE_HEADS, {**results, "RD": (*results["RD"][:2], ("RD", "Vero"))})
+
+
+def test_cpe_cells_line_keeps_one_cell_lines_images_of_the_nine_class_set():
+  config = cpe_experiments.cpe_config(multitask=False, runlocal=True, line="RD")
+  config.data.cpe.update(images_per_class=2, photos_per_well=1)
+  config.data.image_size = (8, 8)
+  source = data.sources.build_source(config.data, seed=3)
+  assert source.class_names == ("RD-CVB1", "RD") and source.labels.tolist() == [0, 0, 1, 1]
+  images, labels, _ = data.cpe_cells.generate(
+    images_per_class=2, photos_per_well=1, image_size=(8, 8), channels=1, seed=3
+  )
+  kept = np.stack([source.records[i]["image"] for i in range(4)])
+  np.testing.assert_array_equal(kept, images[labels >= 7])
+  config.data.cpe.line = "Vero"
+  with pytest.raises(ValueError, match="'Vero' is not a cell line"):
+    data.sources.build_source(config.data, seed=3)
