@@ -1,9 +1,10 @@
-"""The CPE experiments of Chen et al. 2021 as configs: the single and the multi-task model.
+"""The CPE experiments of Chen et al. 2021 as configs: single, multi-task and per-line models.
 
-`configs/cpe_single.py` and `configs/cpe_multitask.py` call `cpe_config`. Both read photos laid
-out `DIR/<cell line>/<class>/` (`--config.data.dir=DIR`; the folders must match `CELL_LINES`,
-or the run stops naming the missing and the extra classes) or, with `runlocal`, the embedded
-synthetic monolayers (`data.name="cpe_cells"`, `jaxvir.data.cpe_cells`).
+`configs/cpe_single.py`, `configs/cpe_multitask.py` and `configs/cpe_demux.py` call
+`cpe_config`. They read photos laid out `DIR/<cell line>/<class>/` (`--config.data.dir=DIR`; the
+folders must match `CELL_LINES`, or the run stops naming the missing and the extra classes) or,
+with `runlocal`, the embedded synthetic monolayers (`data.name="cpe_cells"`,
+`jaxvir.data.cpe_cells`); a per-line model reads `DIR/<line>/<class>/` or `cpe_cells_line`.
 
 The paper's protocol, and where it is silent what we chose:
 
@@ -21,6 +22,13 @@ The paper's protocol, and where it is silent what we chose:
   most probable of the 9 classes, `config.task.none_answer` answers "none" instead, counted
   wrong) and MUX (`tasks.mux_predict`, the known cell line picks its head) are decision rules
   on the same model: its report holds both, `config.task.decision` says which is `test`.
+  The multi-task model's validation accuracy (checkpoint choice) is the fusion's, without "none".
+- DEMUX-single: `configs/cpe_demux.py:line=...` trains one single model per cell line (`line`);
+  `scripts/cpe_demux.py` (`trainers.classifier.write_demux_report`) routes each run's test
+  images to its model and writes one 9-class report. Each line's run splits its own images, so
+  its test images are not those of the nine-class runs.
+- Not built yet: the paper's small-data variant (MK2 at 200 un-augmented photos, the others at
+  2,000) and the paper's flip-then-split order.
 
 Example:
 
