@@ -20,6 +20,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarni
 # The arguments each config accepts, in its declared order (the README's table).
 ARGUMENTS = {
   "classify_folder": ("runlocal",),
+  "cpe_demux": ("runlocal",),
+  "cpe_multitask": ("runlocal", "mux"),
+  "cpe_single": ("runlocal",),
   "pathnet_ecg": ("runlocal", "inter_patient"),
   "pathnet_joint": ("runlocal", "inter_patient"),
   "pathnet_pneumonia": ("runlocal",),
@@ -27,6 +30,9 @@ ARGUMENTS = {
   "twinvae_pc": ("paper", "runlocal"),
   "twinvae_transfer": ("to_pc", "paper", "runlocal"),
 }
+
+# The `key=value` arguments, as the unknown-argument error lists them after the flags.
+OPTIONS = {"cpe_demux": ", line=<str> (default MDCK)"}
 
 
 def load(spec: str):
@@ -78,7 +84,7 @@ def test_unknown_argument_is_one_line_listing_the_known_ones(name):
   # ml_collections puts the traceback before the error; its last line is the one to print.
   assert str(error.value).splitlines()[-1] == (
     "ValueError: unknown config argument 'no_such_argument'; known arguments: "
-    + ", ".join(ARGUMENTS[name])
+    + ", ".join(ARGUMENTS[name]) + OPTIONS.get(name, "")
   )
 
 
