@@ -23,6 +23,8 @@ ARGUMENTS = {
   "pathnet_ecg": ("runlocal", "inter_patient"),
   "pathnet_joint": ("runlocal", "inter_patient"),
   "pathnet_pneumonia": ("runlocal",),
+  "tem_densenet": ("runlocal", "tta"),
+  "tem_small": ("runlocal", "tta"),
   "twinvae_bf": ("paper", "runlocal"),
   "twinvae_pc": ("paper", "runlocal"),
   "twinvae_transfer": ("to_pc", "paper", "runlocal"),
@@ -54,6 +56,8 @@ def test_every_config_is_listed_and_loads_no_other_by_path():
 @pytest.mark.parametrize(("name", "arg"), list(every_combination()))
 def test_config_builds_and_validates(name, arg):
   config = load(f"{name}.py:{arg}" if arg else f"{name}.py")
+  if config.data.layout != "class" and config.data.dir is None:  # the user's folder: required
+    config.data.dir = "/data"
   config_lib.validate(config)
   assert config.is_locked
   if "runlocal" in arg:
