@@ -10,7 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxvir import config as config_lib
-from jaxvir import config_args
+from jaxvir import config_args, tem_experiments
 from jaxvir.pathnet import experiments as pathnet_experiments
 from jaxvir.twinvae import experiments as twinvae_experiments
 
@@ -151,6 +151,8 @@ def test_pathnet_joint_pairs_ecg_with_chest_xrays():
   assert pathlib.Path(config.data.dir).name == "mitdb"
 
 
-@pytest.mark.parametrize("module", [config_args, pathnet_experiments, twinvae_experiments])
+@pytest.mark.parametrize(
+  "module", [config_args, pathnet_experiments, twinvae_experiments, tem_experiments]
+)
 def test_docstring_examples(module):
   assert doctest.testmod(module).failed == 0
