@@ -101,6 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 64
   config.eval.splits = ("test",)  # evaluated with the best checkpoint at the end
   config.eval.grad_cam_per_class = 8  # images per class in plots/<split>/grad_cam_<class>.png
+  # Test-time averaging: "dihedral" averages the softmax over the flips and quarter turns.
+  config.eval.tta = "none"
 
   config.parallel = ml_collections.ConfigDict()
   config.parallel.distributed = False  # call jax.distributed.initialize (multi-host)
@@ -183,6 +185,9 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
     _fail("data.name", f"unknown data source {config.name!r}; one of {data.names()}")
   if config.layout not in data.folder_builder.LAYOUTS:
     _fail("data.layout", f"must be one of {data.folder_builder.LAYOUTS}, not {config.layout!r}")
+  if config.name == "folder" and config.layout != "class" and config.dir is None:
+    _fail("data.dir", f"not set, but layout {config.layout!r} reads your image folder; pass "
+          "--config.data.dir=DIR, or the config's `:runlocal` for its embedded data")
   if config.top_classes < 0:
     _fail("data.top_classes", "must be 0 (all classes) or a positive number")
   data.preprocess.resolve(config)

@@ -74,11 +74,12 @@ def reachable_variants(options: augment_lib.AugmentOptions, *, square: bool) -> 
   """Dihedral variants the host augmentation can draw, as ids `4*transpose + 2*rows + cols`.
 
   Raises:
-    ValueError: a random crop is on (its draws are not a finite set).
+    ValueError: a random crop or intensity jitter is on (its draws are not a finite set).
   """
-  if options.random_crop < 1.0:
+  if options.random_crop < 1.0 or options.jitters_intensity:
     raise ValueError(
-      "config.cache.frozen_prefix needs augmentation from a finite set; random_crop < 1 is not"
+      "config.cache.frozen_prefix needs augmentation from a finite set; random_crop < 1 and "
+      "brightness or contrast jitter are not"
     )
   grid = np.array(list(itertools.product((0.0, 0.25, 0.5, 0.75), (0.25, 0.75), (0.25, 0.75)))).T
   transpose, rows, cols = augment_lib.dihedral_draws(grid, options=options, square=square)

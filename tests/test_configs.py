@@ -10,7 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxvir import config as config_lib
-from jaxvir import config_args
+from jaxvir import config_args, tem_experiments
 from jaxvir.pathnet import experiments as pathnet_experiments
 from jaxvir.twinvae import experiments as twinvae_experiments
 
@@ -23,13 +23,18 @@ ARGUMENTS = {
   "cpe_demux": ("runlocal",),
   "cpe_multitask": ("runlocal", "mux"),
   "cpe_single": ("runlocal",),
-  "pathnet_ecg": ("runlocal", "inter_patient"),
+  "pathnet_ecg": ("runlocal", "inter_patient", "ds1_ds2", "aami", "paper"),
   "pathnet_joint": ("runlocal", "inter_patient"),
   "pathnet_pneumonia": ("runlocal",),
+  "tem_densenet": ("runlocal", "tta"),
+  "tem_small": ("runlocal", "tta"),
   "twinvae_bf": ("paper", "runlocal"),
   "twinvae_pc": ("paper", "runlocal"),
   "twinvae_transfer": ("to_pc", "paper", "runlocal"),
 }
+
+# Arguments that exclude each other (two test protocols): loading both is an error.
+EXCLUSIVE = {"pathnet_ecg": ("inter_patient", "ds1_ds2")}
 
 # The `key=value` arguments, as the unknown-argument error lists them after the flags.
 OPTIONS = {"cpe_demux": ", line=<str> (default MDCK)"}
@@ -47,7 +52,14 @@ def every_combination():
   for name, names in ARGUMENTS.items():
     for k in range(len(names) + 1):
       for combo in itertools.combinations(names, k):
-        yield name, ",".join(combo)
+        if not set(EXCLUSIVE.get(name, ())) <= set(combo):
+          yield name, ",".join(combo)
+
+
+@pytest.mark.parametrize("name", sorted(EXCLUSIVE))
+def test_exclusive_arguments_are_refused(name):
+  with pytest.raises(Exception, match=" and ".join(EXCLUSIVE[name])):
+    load(f"{name}.py:{','.join(EXCLUSIVE[name])}")
 
 
 def test_every_config_is_listed_and_loads_no_other_by_path():
@@ -60,6 +72,8 @@ def test_every_config_is_listed_and_loads_no_other_by_path():
 @pytest.mark.parametrize(("name", "arg"), list(every_combination()))
 def test_config_builds_and_validates(name, arg):
   config = load(f"{name}.py:{arg}" if arg else f"{name}.py")
+  if config.data.layout != "class" and config.data.dir is None:  # the user's folder: required
+    config.data.dir = "/data"
   config_lib.validate(config)
   assert config.is_locked
   if "runlocal" in arg:
@@ -153,7 +167,9 @@ def test_pathnet_joint_pairs_ecg_with_chest_xrays():
   assert pathlib.Path(config.data.dir).name == "mitdb"
 
 
-@pytest.mark.parametrize("module", [config_args, pathnet_experiments, twinvae_experiments])
+@pytest.mark.parametrize(
+  "module", [config_args, pathnet_experiments, twinvae_experiments, tem_experiments]
+)
 def test_docstring_examples(module):
   assert doctest.testmod(module).failed == 0
 

@@ -127,3 +127,41 @@ def test_host_crop_is_seeded():
 def test_bad_crop_fraction_names_the_field():
   with pytest.raises(ValueError, match="augment.random_crop"):
     augment.AugmentOptions(random_crop=0.0)
+
+
+def test_intensity_jitter_is_seeded_and_bounded():
+  image = np.random.default_rng(0).integers(60, 200, (8, 8, 1), dtype=np.uint8)
+  options = augment.AugmentOptions(brightness=0.1, contrast=0.2)
+  draws = [augment.augment_image(image, np.random.default_rng(s), options) for s in range(16)]
+  np.testing.assert_array_equal(draws[3], augment.augment_image(image, np.random.default_rng(3),
+                                                                options))  # fmt: skip
+  assert len({d.tobytes() for d in draws}) == 16 and all(d.dtype == np.uint8 for d in draws)
+  x = image.astype(float)
+  for d in draws:
+    assert abs(d.mean() - x.mean()) <= 0.1 * 255 + 1  # brightness moves the mean at most so far
+    assert 0.8 * x.std() - 1 <= d.std() <= 1.2 * x.std() + 1  # contrast scales the spread
+  # One jitter alone: an offset only, or a spread around the unchanged mean.
+  shifted = augment.augment_image(image, np.random.default_rng(1),
+                                  augment.AugmentOptions(brightness=0.1))  # fmt: skip
+  assert len(np.unique(shifted.astype(int) - image.astype(int))) == 1
+  scaled = augment.augment_image(image, np.random.default_rng(1),
+                                 augment.AugmentOptions(contrast=0.2))  # fmt: skip
+  assert abs(scaled.mean() - x.mean()) < 1
+
+
+def test_intensity_jitter_is_the_same_on_host_and_device():
+  images = np.random.default_rng(0).integers(0, 256, (4, 6, 6, 3), dtype=np.uint8)
+  uniform = np.random.default_rng(1).random((2, 4))
+  options = augment.AugmentOptions(brightness=0.2, contrast=0.3)
+  device = np.asarray(augment.jitter_intensity(jnp.asarray(images), jnp.asarray(uniform),
+                                               options=options))  # fmt: skip
+  for image, u, got in zip(images, uniform.T, device, strict=True):
+    expected = augment.jitter_intensity(image, u, options=options)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # float32 rounding ties
+  out = augment.device_augment(jax.random.key(0), jnp.asarray(images), options=options)
+  assert out.shape == images.shape and out.dtype == jnp.uint8
+
+
+def test_bad_jitter_names_the_field():
+  with pytest.raises(ValueError, match="augment.contrast"):
+    augment.AugmentOptions(contrast=1.5)

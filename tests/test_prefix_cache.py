@@ -36,9 +36,11 @@ def test_variants_are_exactly_the_host_augmentation(options, square, expected):
   assert drawn == set(expected)
 
 
-def test_random_crop_cannot_be_cached():
+@pytest.mark.parametrize("options", [dict(random_crop=0.9), dict(brightness=0.1),
+                                     dict(contrast=0.1)])
+def test_random_crops_and_intensity_jitter_cannot_be_cached(options):
   with pytest.raises(ValueError, match="finite set"):
-    prefix_cache.reachable_variants(augment.AugmentOptions(random_crop=0.9), square=True)
+    prefix_cache.reachable_variants(augment.AugmentOptions(**options), square=True)
 
 
 def cache_config(mode, cache_dir):

@@ -1,4 +1,5 @@
-"""Image augmentation: flips, rotations by 90 degrees and random crops resized back.
+"""Image augmentation: flips, rotations by 90 degrees, random crops resized back, and small
+brightness and contrast changes.
 
 Two implementations with the same semantics:
 
@@ -8,10 +9,14 @@ Two implementations with the same semantics:
 
 A crop keeps `random_crop` of each side (1.0 = off) at a random integer offset and resizes the crop
 back with bilinear interpolation (half-pixel centres, as PIL and `jax.image.resize` do).
+Intensity jitter comes last: contrast scales each image's deviations from its own mean by a
+factor in `1 ± contrast`, then brightness adds an offset in `± brightness` of the full range
+(255 for uint8), rounded and clipped back to the range.
 
 Example:
 
-  >>> options = AugmentOptions(flip_horizontal=True, rot90=True, random_crop=0.875)
+  >>> options = AugmentOptions(flip_horizontal=True, rot90=True, random_crop=0.875,
+  ...                          brightness=0.1, contrast=0.1)
   >>> image = augment_image(np.zeros((32, 32, 3), np.uint8), np.random.default_rng(0), options)
   >>> batch = jax.jit(device_augment, static_argnames="options")(
   ...     jax.random.key(0), jnp.zeros((8, 32, 32, 3), jnp.uint8), options=options)
@@ -35,18 +40,28 @@ class AugmentOptions:
     flip_vertical: mirror top-bottom with probability 1/2.
     rot90: rotate by a uniformly random multiple of 90 degrees (by 0 or 180 on non-square images).
     random_crop: fraction of each side a random crop keeps before it is resized back; 1.0 = off.
+    brightness: add a uniform offset in [-brightness, brightness] of the full range; 0 = off.
+    contrast: scale deviations from the image mean by a uniform factor in
+      [1 - contrast, 1 + contrast]; 0 = off.
   """
 
   flip_horizontal: bool = False
   flip_vertical: bool = False
   rot90: bool = False
   random_crop: float = 1.0
+  brightness: float = 0.0
+  contrast: float = 0.0
 
   def __post_init__(self):
     if not 0.0 < self.random_crop <= 1.0:
       raise ValueError(
         f"config.data.augment.random_crop must be in (0, 1] (1.0 = off), got {self.random_crop}"
       )
+    for name in ("brightness", "contrast"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(
+          f"config.data.augment.{name} must be in [0, 1) (0 = off), got {getattr(self, name)}"
+        )
 
   @classmethod
   def from_config(cls, augment_config: ml_collections.ConfigDict) -> "AugmentOptions":
@@ -56,12 +71,20 @@ class AugmentOptions:
       flip_vertical=bool(augment_config.flip_vertical),
       rot90=bool(augment_config.rot90),
       random_crop=float(augment_config.random_crop),
+      brightness=float(augment_config.brightness),
+      contrast=float(augment_config.contrast),
     )
+
+  @property
+  def jitters_intensity(self) -> bool:
+    """Whether brightness or contrast jitter is on."""
+    return self.brightness > 0 or self.contrast > 0
 
   @property
   def enabled(self) -> bool:
     """Whether any augmentation is on."""
-    return self.flip_horizontal or self.flip_vertical or self.rot90 or self.random_crop < 1.0
+    return (self.flip_horizontal or self.flip_vertical or self.rot90 or self.random_crop < 1.0
+            or self.jitters_intensity)
 
   def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """`augment_image(image, rng, self)`; the train pipeline calls this, so that a cached data
@@ -133,7 +156,31 @@ def augment_image(
     image = image[::-1]
   if flip_columns:
     image = image[:, ::-1]
+  if options.jitters_intensity:
+    image = jitter_intensity(image, rng.random(2), options=options)
   return np.ascontiguousarray(image)
+
+
+def jitter_intensity(images, uniform, *, options: AugmentOptions):
+  """Contrast, then brightness jitter from uniforms `uniform[0:2]` in [0, 1).
+
+  Works on one numpy image (H, W, C) with scalar uniforms and on a jnp batch (N, H, W, C) with
+  (N,) uniforms alike; integer images are rounded and clipped to their dtype's range.
+  """
+  xp = np if isinstance(images, np.ndarray) else jnp
+  batched = images.ndim == 4
+  shape = (-1, 1, 1, 1) if batched else ()
+  axes = (1, 2, 3) if batched else None
+  integer = xp.issubdtype(images.dtype, xp.integer)
+  top = xp.iinfo(images.dtype).max if integer else 1.0
+  factor = xp.reshape(1.0 + options.contrast * (2.0 * uniform[0] - 1.0), shape)
+  offset = xp.reshape(options.brightness * top * (2.0 * uniform[1] - 1.0), shape)
+  x = images.astype(xp.float32)
+  mean = x.mean(axis=axes, keepdims=batched)
+  x = (x - mean) * factor + mean + offset
+  if integer:
+    x = xp.clip(xp.round(x), 0, top)
+  return x.astype(images.dtype)
 
 
 def _per_image_where(condition: jax.Array, when_true: jax.Array, when_false: jax.Array):
@@ -238,4 +285,7 @@ def device_augment(key: jax.Array, images: jax.Array, *, options: AugmentOptions
       flip_vertical=options.flip_vertical,
       rot90=options.rot90,
     )
+  if options.jitters_intensity:
+    uniform = jax.random.uniform(jax.random.fold_in(key, 2), (2, images.shape[0]))
+    images = jitter_intensity(images, uniform, options=options)
   return images

@@ -81,6 +81,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.augment.flip_vertical = False
   config.augment.rot90 = False
   config.augment.random_crop = 1.0  # fraction of each side kept; 1.0 = off
+  config.augment.brightness = 0.0  # offset up to ± this fraction of the range; 0 = off
+  config.augment.contrast = 0.0  # deviations from the image mean scaled by 1 ± this; 0 = off
   config.unreadable = "report"  # "report" (count, warn, skip) or "fatal"
   config.cache_dir = "~/.cache/jaxvir/datasets"  # prepared array_record files
   config.num_workers = 0  # grain worker processes; 0 reads in the main process

@@ -98,7 +98,8 @@ def classification_fns(config, class_weights, *, forward=forward_images, eval_fo
     config: the run's config.
     class_weights: (K,) loss weights, or None.
     forward: `(model, batch["image"]) -> logits` in training.
-    eval_forward: the same in evaluation (default `forward`).
+    eval_forward: the same in evaluation (default `forward`). With `config.eval.tta="dihedral"`
+      evaluation averages the softmax over the `dihedral_variants` of each image.
   """
   eval_forward = eval_forward or forward
 
@@ -110,11 +111,24 @@ def classification_fns(config, class_weights, *, forward=forward_images, eval_fo
     )
 
   def eval_fn(model, batch):
-    logits = eval_forward(model, batch["image"])
+    if config.eval.tta == "dihedral":  # all variants in one forward pass
+      variants = dihedral_variants(batch["image"])
+      logits = eval_forward(model, jnp.concatenate(variants)).astype(jnp.float32)
+      probs = jax.nn.softmax(logits.reshape(len(variants), -1, logits.shape[-1])).mean(axis=0)
+      # Log-probabilities as logits: the loss and the argmax are those of the mean softmax.
+      logits = jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
+    else:
+      logits = eval_forward(model, batch["image"])
     _, sums = tasks.classification_loss(logits, batch["label"], mask=batch["mask"])
     return sums, jax.nn.softmax(logits.astype(jnp.float32))
 
   return loss_fn, eval_fn
+
+
+def dihedral_variants(images: jax.Array) -> list[jax.Array]:
+  """The 8 flips and quarter turns of square images (N, H, W, C); the 4 flips of others."""
+  turns = (images, jnp.swapaxes(images, 1, 2)) if images.shape[1] == images.shape[2] else (images,)
+  return [v for x in turns for v in (x, x[:, ::-1], x[:, :, ::-1], x[:, ::-1, ::-1])]
 
 
 # The multi-head specs that `config.task.heads` can name.
@@ -235,6 +249,10 @@ def check(config: ml_collections.ConfigDict) -> None:
       )
     if task.decision not in DECISIONS:
       raise ConfigError(f"config.task.decision: must be one of {DECISIONS}, not {task.decision!r}")
+  if config.eval.tta not in ("none", "dihedral") or (
+      config.eval.tta != "none" and config.cache.frozen_prefix != "off"):
+    raise ConfigError(f"config.eval.tta: must be 'none' or 'dihedral' (with images, so "
+                      f"cache.frozen_prefix='off'), not {config.eval.tta!r}")
 
 
 def best_mode(config: ml_collections.ConfigDict) -> str:
@@ -269,6 +287,9 @@ def train(run: run_lib.Run) -> dict:
   # Data.
   dataset = data.build(config.data, seed=config.seed)
   log.warning("DATA: %s", dataset.description)
+  if config.model.pretrained is None and config.model.name in models.pretrained.TORCHVISION_NAMES:
+    log.warning("model.pretrained is not set: %s starts from RANDOM weights; convert ImageNet "
+                "weights with `python -m jaxvir.convert` for transfer", config.model.name)
   num_outputs = output_width(config, dataset.class_names)
   process_batch = config.train.batch_size // jax.process_count()
   steps_per_epoch = data.steps_per_epoch(dataset, batch_size=process_batch)
