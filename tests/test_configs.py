@@ -52,7 +52,8 @@ def every_combination():
   for name, names in ARGUMENTS.items():
     for k in range(len(names) + 1):
       for combo in itertools.combinations(names, k):
-        if not set(EXCLUSIVE.get(name, ())) <= set(combo):
+        excluded = EXCLUSIVE.get(name)
+        if not (excluded and set(excluded) <= set(combo)):
           yield name, ",".join(combo)
 
 
