@@ -14,6 +14,11 @@ route each run's test images to it (the cell line is known) and write the combin
 `scripts/compare.py`.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+
+  allocator.use_preferred()
+
 import argparse
 import pathlib
 import sys

@@ -9,6 +9,11 @@ of the predicted class (or of `--class`) at the model's last convolution (or `--
 colour over the image. One line per image gives the class explained and its probability.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+
+  allocator.use_preferred()
+
 import argparse
 import pathlib
 import sys
