@@ -92,17 +92,23 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, 
   }
 
 
-def harmful_changes(changes: Mapping[str, tuple], new: Mapping[str, Any]) -> dict[str, tuple]:
+def harmful_changes(
+  changes: Mapping[str, tuple], old: Mapping[str, Any], new: Mapping[str, Any]
+) -> dict[str, tuple]:
   """The changes that alter the computation of a resumed run.
 
-  More epochs (or fewer) are harmless where the learning-rate schedule does not depend on the
-  total: every schedule but "warmup_cosine".
+  A field that only one of the two configs has is not a change of the user's but of jaxvir's
+  schema (a run saved before the field existed): recorded, never blocking. More epochs (or
+  fewer) are harmless where the learning-rate schedule does not depend on the total: every
+  schedule but "warmup_cosine".
   """
-  schedule = flatten(new).get("optim.schedule")
+  old, new = flatten(old), flatten(new)
+  schedule = new.get("optim.schedule")
   return {
     field: values
     for field, values in changes.items()
-    if not any(re.fullmatch(pattern, field) for pattern in HARMLESS_FIELDS)
+    if field in old and field in new
+    and not any(re.fullmatch(pattern, field) for pattern in HARMLESS_FIELDS)
     and not (field == "train.epochs" and schedule != "warmup_cosine")
   }
 
@@ -123,8 +129,9 @@ def record_config(
   path = workdir / CONFIG_FILE
   new = json.loads(config.to_json_best_effort())
   if resuming and path.is_file():
-    changes = config_changes(json.loads(path.read_text()), new)
-    harmful = harmful_changes(changes, new)
+    old = json.loads(path.read_text())
+    changes = config_changes(old, new)
+    harmful = harmful_changes(changes, old, new)
     if harmful and not accept_changes:
       raise WorkdirError(
         f"{workdir} holds a run with other settings ({_format_changes(harmful)}); use a new "

@@ -8,7 +8,8 @@ import torch
 from flax import nnx
 from references import TorchResNet50, TorchVGG, assert_close, materialise, torch_random
 
-from jaxvir import convert, explain, models
+from jaxvir import explain, models
+from jaxvir.models import weights
 
 # pytorch-grad-cam's `scale_cam_image` divides by 1e-7 + max.
 EPSILON = 1e-7
@@ -56,11 +57,11 @@ def narrow_classifier(reference, width=64):
 def converted(reference, model):
   """The abstract jaxvir `model` filled with `reference`'s weights by the torchvision rules."""
   tensors = {name: value.detach().numpy() for name, value in reference.state_dict().items()}
-  table = convert.rule_table(ARCH[type(model).__name__], "torchvision")
-  targets = convert.model_targets(model)[0]
+  table = weights.rule_table(ARCH[type(model).__name__], "torchvision")
+  targets = weights.model_targets(model)[0]
   rules = table.rules + table.top + table.head
-  filled = convert.apply_rules(tensors, rules, targets=targets, ignore=table.ignore)
-  state = nnx.state(model, convert.CONVERTED)
+  filled = weights.apply_rules(tensors, rules, targets=targets, ignore=table.ignore)
+  state = nnx.state(model, weights.CONVERTED)
   for path, variable in nnx.to_flat_state(state):
     variable.set_value(jnp.asarray(filled["/".join(map(str, path))]))
   nnx.update(model, state)

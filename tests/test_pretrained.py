@@ -13,6 +13,7 @@ from jaxvir import config as config_lib
 from jaxvir import train
 from jaxvir.models import layers, weights
 from jaxvir.models.pretrained import load_pretrained
+from jaxvir.trainers import classifier
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_a_config_fine_tunes_the_converted_weights(converted, tmp_path):
   config.compilation_cache_dir = ""
   report = train.train_and_evaluate(config, tmp_path / "run")
   assert np.isfinite(report["val"]["loss"])
-  run = train.load_run(tmp_path / "run", checkpoint_name="last")
+  run = classifier.restore(tmp_path / "run", checkpoint_name="last")
   assert run.step > 0
   params = run.variables[0]
   # The frozen stem still holds the converted kernel; the head was replaced for 4 classes.
