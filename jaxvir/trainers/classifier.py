@@ -42,6 +42,10 @@ from jaxvir.trainers import registry
 
 log = logging.getLogger("jaxvir")
 
+# Each evaluated split's labels and probabilities, beside report.json: a study averages the
+# probabilities of its fold models (jaxvir.sweep).
+PREDICTIONS_FILE = "predictions_{split}.npz"
+
 # Shapes only: restoring a run never needs its initial values.
 _SHAPE_KEYS = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
 
@@ -182,6 +186,12 @@ def train(run: run_lib.Run) -> dict:
 
   # Optimizer: rebuilt (and the step recompiled) only when a thaw phase begins.
   rules = freeze_rules(config)
+  if rules.patterns and config.model.pretrained is None:
+    log.warning(
+      "model.pretrained is not set: the frozen layers of %s keep their RANDOM initial weights; "
+      "convert ImageNet weights with `python -m jaxvir.convert` and set model.pretrained",
+      config.model.name,
+    )
   schedule = optim.make_schedule(
     config.optim, steps_per_epoch=steps_per_epoch, total_steps=total_steps
   )
@@ -413,10 +423,12 @@ def predict_images(run: Restored, images: np.ndarray) -> np.ndarray:
 
 
 def report_split(run: Restored, split: str, *, workdir: pathlib.Path | None) -> dict:
-  """Evaluates `split` and, with a workdir, writes its `report.json` and plots."""
+  """Evaluates `split` and, with a workdir, writes its `report.json` entry, plots and
+  `predictions_<split>.npz` (`labels`, `probs`)."""
   metrics, labels, probs = predict_split(run, split)
   if workdir is None:
     return metrics
+  np.savez(workdir / PREDICTIONS_FILE.format(split=split), labels=labels, probs=probs)
   entry = report.write_classification(
     workdir, labels=labels, probs=probs, class_names=list(run.dataset.class_names), split=split,
     extra={"checkpoint_step": run.step, "data": run.dataset.description},
