@@ -217,8 +217,9 @@ def cached_dataset(dataset, prefix_fn, *, batch_size: int, path: pathlib.Path | 
     lambda indices: np.stack([records[int(i)]["image"] for i in indices]),
     num_records=len(records), variants=variants, batch_size=batch_size, path=path,
   )
-  source = dataclasses.replace(
-    dataset.source, records=data.sources.ArrayRecords(table.features, dataset.source.labels)
-  )
+  # A plain Source: subclasses such as ArraySource take other constructor arguments.
+  fields = {f.name: getattr(dataset.source, f.name) for f in dataclasses.fields(data.Source)}
+  fields["records"] = data.sources.ArrayRecords(table.features, dataset.source.labels)
+  source = data.Source(**fields)
   picker = VariantPicker(dataset.augment, variants, square=height == width)
   return dataclasses.replace(dataset, source=source, augment=picker)

@@ -19,7 +19,7 @@ intervals.
 
 Example:
 
-  >>> points = expand("configs/cxr_vgg.py:runlocal",
+  >>> points = expand("configs/cxr_vgg.py:runlocal",  # doctest: +SKIP
   ...                 [["vgg16", "vgg19"], ["ft0", "ft2"], ["fold=0", "fold=1"]])
   >>> outcomes = run_local(points, "runs/cxr_study")  # doctest: +SKIP
   >>> table = study_table(points, "runs/cxr_study")  # doctest: +SKIP
@@ -267,7 +267,8 @@ def _predictions(workdir: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndar
 
   path = workdir / classifier.PREDICTIONS_FILE.format(split=split)
   if not path.is_file():
-    raise WorkdirError(f"{path} is missing; rerun the sweep to re-evaluate {workdir.name}")
+    raise WorkdirError(f"{path} is missing; write it with python scripts/evaluate.py "
+                       f"--workdir {workdir} --split {split}")  # fmt: skip
   with np.load(path) as file:
     return file["labels"], file["probs"]
 

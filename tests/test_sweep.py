@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxvir import config as config_lib
-from jaxvir import metrics, models, sweep
+from jaxvir import data, metrics, models, sweep
 from jaxvir.errors import ConfigError
 from jaxvir.trainers import classifier
 
@@ -186,3 +186,18 @@ def test_rerun_skips_finished_runs(tiny_study):
 
   outcomes = sweep.run_local(points, root, train_fn=train_fn)
   assert [o.status for o in outcomes] == ["skipped"] * 4
+
+
+@pytest.mark.skipif(not CXR_DATA.is_dir(), reason="needs ../shared/data/cxr3")
+def test_frozen_feature_cache_is_shared_by_folds_not_by_other_images(tmp_path):
+  def path(arg, **data_fields):
+    config = cxr_config(f"runlocal,{arg}")
+    config.data.update(data_fields)
+    dataset = data.build(config.data, seed=config.seed)
+    return classifier.feature_cache_path(config, dataset, "block3", [np.ones(3)])
+
+  fold0 = path("fold=0")
+  assert path("fold=4") == fold0 and path("fold=0", test_fraction=0.3) == fold0
+  assert path("fold=0", preprocess=()) != fold0
+  assert path("fold=0", image_size=(32, 32)) != fold0
+  assert path("vgg19,fold=0") != fold0
