@@ -32,6 +32,8 @@ Where the paper is silent, these are decisions, each a field: dropout 0.5 after 
 at most 100 epochs, early-stopping patience 10 and reduce-on-plateau by 0.1 after 5 epochs
 (Keras' ReduceLROnPlateau factor) down to 1e-3 of the rate; no augmentation (a flipped chest
 X-ray is not a chest X-ray); grey images repeated to 3 channels (`data.channels`); seed 0.
+FT0 and FT1 train on frozen-prefix features cached on disk (`cache.frozen_prefix`), computed
+once for the five folds.
 """
 
 import pathlib
@@ -75,6 +77,10 @@ def get_config(arg=None):
   if args.weights:
     config.model.pretrained = str(pathlib.Path(args.weights) / f"{config.model.name}_keras")
   config.freeze.preset = degrees[0] if degrees else "ft2"
+  # FT0 and FT1: the frozen blocks' features are computed once per image and shared by the five
+  # folds (the same numbers as without the cache, tests/test_prefix_cache.py). Earlier stages'
+  # maps are too large to keep: at 800x800, block3's output is 10 MB per image (block5's 1.3).
+  config.cache.frozen_prefix = "disk" if config.freeze.preset in ("ft0", "ft1") else "off"
 
   config.optim.name = "rmsprop"
   config.optim.learning_rate = 1e-5
