@@ -9,13 +9,20 @@ on device). PyTorch runs the torchvision-layout model with the same weights (con
 jaxvir's rule table), channels-last, the same freezing (`requires_grad=False`) and the same
 optimizer (SGD, momentum 0.9). Both train with BatchNorm in training mode. The two alternate in
 one process for `--repeats` rounds of `--steps` steps; the script prints the medians in images
-per second, the time ratio jaxvir/PyTorch (below 1: jaxvir faster) and the load average.
-Compilation (jaxvir) and the first step (PyTorch) are timed apart.
+per second, the time ratio jaxvir/PyTorch (below 1: jaxvir faster), the host allocator
+(`jaxvir.allocator`: tcmalloc where installed, for both) and the load average. Compilation
+(jaxvir) and the first step (PyTorch) are timed apart; then both warm up until their rounds are
+steady (`timing.warm_up`). Per step, the minor page faults and the kernel's CPU time are printed
+too (`timing.measure`): they show the allocator's work whatever the load.
 
 `--cache` (with a preset whose frozen layers form a prefix, e.g. VGG-16 `ft2`) also times an
 epoch of `--epoch-batches` batches: jaxvir computes the frozen prefix once per image (timed
 apart) and trains on the cached features; PyTorch recomputes the frozen blocks every step.
 """
+
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
 
 import argparse
 import json
@@ -30,10 +37,11 @@ import optax
 import torch
 import torch.nn.functional as F
 from flax import nnx
+from timing import measure, medians, warm_up
 from torch_models import ARCHS, jaxvir_weights, numpy_images, torch_model
 
+from jaxvir import allocator, models, optim, parallel, prefix_cache, steps, tasks, xla
 from jaxvir import config as config_lib
-from jaxvir import models, optim, parallel, prefix_cache, steps, tasks, xla
 from jaxvir.models import layers, presets
 from jaxvir.models.weights import CONVERTED, model_targets
 
@@ -144,22 +152,14 @@ def torch_input(images: torch.Tensor) -> torch.Tensor:
   return ((x - MEAN) / STD).contiguous(memory_format=torch.channels_last)
 
 
-def timed(fn, steps_per_round: int) -> float:
-  """Seconds per call of `fn` (which must block until its result is ready)."""
-  start = time.perf_counter()
-  for _ in range(steps_per_round):
-    fn()
-  return (time.perf_counter() - start) / steps_per_round
-
-
-def alternate(pairs: dict[str, tuple], *, repeats: int, steps_per_round: int) -> dict[str, list]:
-  """Runs each `(jaxvir_fn, torch_fn)` pair alternately `repeats` times; seconds per step."""
-  times = {name: ([], []) for name in pairs}
+def alternate(pairs: dict[str, tuple], *, repeats: int, steps_per_round: int) -> dict[str, tuple]:
+  """Runs each `(jaxvir_fn, torch_fn)` pair alternately `repeats` times; per-step `Round`s."""
+  rounds = {name: ([], []) for name in pairs}
   for _ in range(repeats):
     for name, (jax_fn, torch_fn) in pairs.items():
-      times[name][0].append(timed(jax_fn, steps_per_round))
-      times[name][1].append(timed(torch_fn, steps_per_round))
-  return times
+      rounds[name][0].append(measure(jax_fn, steps_per_round))
+      rounds[name][1].append(measure(torch_fn, steps_per_round))
+  return rounds
 
 
 def main(argv=None) -> dict:
@@ -257,10 +257,15 @@ def main(argv=None) -> dict:
       args, model, labels, torch_train, results, lambda: holder["state"]
     )
 
+  results["warmup_rounds"] = warm_up(
+    [lambda f=f: measure(f, args.steps).seconds for pair in pairs.values() for f in pair]
+  )
+  results["allocator"] = allocator.current()
   results["load_before"] = os.getloadavg()
-  times = alternate(pairs, repeats=args.repeats, steps_per_round=args.steps)
+  rounds = alternate(pairs, repeats=args.repeats, steps_per_round=args.steps)
   results["load_after"] = os.getloadavg()
-  for name, (jax_times, torch_times) in times.items():
+  for name, (jax_rounds, torch_rounds) in rounds.items():
+    jax_times, torch_times = [r.seconds for r in jax_rounds], [r.seconds for r in torch_rounds]
     jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
     unit = args.epoch_batches * args.batch if name == "epoch" else args.batch
     results[name] = {
@@ -269,6 +274,8 @@ def main(argv=None) -> dict:
       "time_ratio_jaxvir_over_torch": jax_s / torch_s,
       "jaxvir_s": jax_times,
       "torch_s": torch_times,
+      **medians(jax_rounds, "jaxvir"),
+      **medians(torch_rounds, "torch"),
     }
   print_results(results)
   if args.json:
@@ -341,9 +348,14 @@ def print_results(results: dict) -> None:
       print(
         f"{name:9s} jaxvir {r['jaxvir_images_per_s']:8.1f} img/s  torch "
         f"{r['torch_images_per_s']:8.1f} img/s  time ratio jaxvir/torch "
-        f"{r['time_ratio_jaxvir_over_torch']:.2f}"
+        f"{r['time_ratio_jaxvir_over_torch']:.2f}\n{'':9s} per step: minor page faults jaxvir "
+        f"{r['jaxvir_minor_faults']:.0f}, torch {r['torch_minor_faults']:.0f}; kernel CPU s "
+        f"jaxvir {r['jaxvir_kernel_s']:.3f}, torch {r['torch_kernel_s']:.3f}"
       )
-  print(f"load average before {results['load_before']}, after {results['load_after']}")
+  print(
+    f"allocator {results['allocator']}; load average before {results['load_before']}, "
+    f"after {results['load_after']}"
+  )
 
 
 if __name__ == "__main__":

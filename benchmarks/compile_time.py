@@ -16,8 +16,13 @@ on device), on the persistent cache that `jaxvir.train.enable_compilation_cache`
 With `--compiler-option`, a second pair of processes compiles with those XLA options, and a last
 process runs the step compiled without and with them alternately for `--steps` rounds and prints
 the median step times, their ratio and whether the two give bitwise-equal results. The load
-average is printed before and after each process.
+average is printed before and after each process, and the host allocator (`jaxvir.allocator`;
+the measuring processes inherit this one's) with the step times.
 """
+
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
 
 import argparse
 import json
@@ -25,6 +30,8 @@ import os
 import subprocess
 import sys
 import tempfile
+
+from jaxvir import allocator
 
 CHILD = r"""
 import json, statistics, sys, time
@@ -166,7 +173,7 @@ def main(argv=None) -> dict:
   variants = {"default": {}}
   if args.compiler_option:
     variants["options"] = dict(args.compiler_option)
-  results = {**shape, "variants": variants}
+  results = {**shape, "variants": variants, "allocator": allocator.current()}
   # One cache directory: the variants' keys differ, and the timing process reads both back.
   with tempfile.TemporaryDirectory() as cache:
     for variant, options in variants.items():
@@ -182,7 +189,7 @@ def main(argv=None) -> dict:
       ratio = f", ratio {timed['step_s'][-1] / timed['step_s'][0]:.3f}" if several else ""
       equal = f", bitwise equal: {timed['bitwise_equal']}" if several else ""
       print(
-        f"step (median of {args.steps}): {medians}{ratio}{equal} | load "
+        f"step (median of {args.steps}): {medians}{ratio}{equal} | {results['allocator']} | load "
         f"{timed['load_before'][0]:.2f} -> {timed['load_after'][0]:.2f}"
       )
   if args.json:

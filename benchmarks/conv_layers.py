@@ -7,10 +7,14 @@ the layer (forward, then the gradients of input and kernel) three ways, alternat
 process: `lax.conv_general_dilated` differentiated by JAX under plain `jax.jit` ("plain": XLA's
 default, YNNPACK convolutions), the module `jaxvir.models.layers.conv2d` builds (`PointwiseConv`
 for 1x1 kernels: a dot; `nnx.Conv` otherwise) under `jaxvir.xla.jit` (XLA's own convolutions),
-and `torch.nn.functional.conv2d` on channels-last tensors. Prints median milliseconds, the
-jaxvir/PyTorch ratio and the load average. This is the measurement behind `jaxvir.xla` and the
-reformulations in `jaxvir/models/layers.py`.
+and `torch.nn.functional.conv2d` on channels-last tensors, each warmed up until steady. Prints
+median milliseconds, the jaxvir/PyTorch ratio, the host allocator and the load average. This is
+the measurement behind `jaxvir.xla` and the reformulations in `jaxvir/models/layers.py`.
 """
+
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
 
 import argparse
 import json
@@ -23,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
+from timing import warm_up
 
-from jaxvir import xla
+from jaxvir import allocator, xla
 from jaxvir.models import layers
 
 # (name, input size, in channels, out channels, kernel, stride, padding) at 128x128 input.
@@ -98,8 +103,13 @@ def main(argv=None) -> dict:
   parser.add_argument("--json", help="write the results here")
   args = parser.parse_args(argv)
   torch.set_num_threads(os.cpu_count())
-  results = {"batch": args.batch, "load_before": os.getloadavg(), "layers": {}}
-  print(f"load average {results['load_before']}")
+  results = {
+    "batch": args.batch,
+    "allocator": allocator.current(),
+    "load_before": os.getloadavg(),
+    "layers": {},
+  }
+  print(f"allocator {results['allocator']}; load average {results['load_before']}")
   print(f"{'layer':28s} {'jaxvir layer':>14s} {'plain ms':>9s} {'jaxvir ms':>9s} {'torch ms':>9s}"
         f" {'jaxvir/torch':>12s}")
   for name, size, in_features, out_features, kernel_size, stride, padding in LAYERS:
@@ -119,8 +129,9 @@ def main(argv=None) -> dict:
       "jaxvir": jax_training_use(apply, x, kernel, jit=xla.jit),
       "torch": torch_training_use(x, kernel, stride, padding),
     }
-    for run in runs.values():  # compile and warm up
+    for run in runs.values():  # compile
       run()
+    warm_up([lambda run=run: seconds(run) for run in runs.values()])
     times = {key: [] for key in runs}
     for _ in range(args.repeats):  # alternate, so load changes hit all three alike
       for key, run in runs.items():

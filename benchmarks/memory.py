@@ -8,6 +8,10 @@ compiled step; nothing is run or allocated. `temp` is the scratch memory XLA ass
 activations and intermediates, the part that rematerialisation shrinks.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import argparse
 import json
 import os

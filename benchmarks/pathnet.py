@@ -12,13 +12,18 @@ pathways, each trained T=50 minibatches of 16 and scored, with a tournament at t
   (c) PyTorch written as public PathNet reimplementations are: a ModuleList per layer, a Python
       loop over the active modules in `forward`, one pathway after the other.
 
-The three run alternately in one process; medians, ratios and the load average are printed.
+The three run alternately in one process; medians, ratios, the host allocator and the load
+average are printed.
 Both frameworks use `--threads` intra-op threads (default 1): on this shared 2-core CPU,
 PyTorch with 2 threads ran a small step 40x slower under load (its threads spin-wait for
 each other), which would flatter jaxvir.
 The loops' cost is linear in P, so for P above `--loop-limit` they run on `--loop-limit`
 pathways and the generation time is extrapolated (marked "extrapolated").
 """
+
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
 
 import argparse
 import json
@@ -40,6 +45,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
 
+from jaxvir import allocator  # noqa: E402
 from jaxvir.pathnet import evolution, genotypes, supernet  # noqa: E402
 
 FEATURES = (4, 4, 512)
@@ -252,12 +258,15 @@ def main():
       f"(b) {population_size / medians['jax_loop']:.0f}, "
       f"(c) {population_size / medians['torch_loop']:.0f}; speed-up (a)/(b) "
       f"{row['speedup_vs_jax_loop']:.1f}x, (a)/(c) {row['speedup_vs_torch_loop']:.1f}x; "
-      f"load average {', '.join(f'{x:.1f}' for x in loads)}",
+      f"allocator {allocator.current()}; load average {', '.join(f'{x:.1f}' for x in loads)}",
       flush=True,
     )
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"device": jax.devices()[0].device_kind, "results": results}, f, indent=2)
+      device = jax.devices()[0].device_kind
+      json.dump(
+        {"device": device, "allocator": allocator.current(), "results": results}, f, indent=2
+      )
 
 
 if __name__ == "__main__":

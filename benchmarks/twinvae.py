@@ -3,13 +3,19 @@
 Runs `python benchmarks/twinvae.py [--json OUT] [--batch 128] [--repeats 7] [--generator-only]`.
 Both frameworks train the `reference` variant (11,363,331 parameters) on a synthetic batch and a
 natural batch of `--batch` images each per step (one summed twin loss, one Adam update); they
-alternate in one process, and the medians, their ratio and the load average are printed. jaxvir's
-step also augments both batches on device (flips, rot90, crop-resize, noise); PyTorch's gets its
-inputs ready-made, which favours PyTorch. Then the synthetic cell generator's images per second
-(phase-contrast and its noisy natural stand-in).
+alternate in one process, after warming up until their rounds are steady (`timing.warm_up`), and
+the medians, their ratio, the host allocator (`jaxvir.allocator`: tcmalloc where installed, for
+both) and the load average are printed. jaxvir's step also augments both batches on device
+(flips, rot90, crop-resize, noise); PyTorch's gets its inputs ready-made, which favours PyTorch.
+Then the synthetic cell generator's images per second (phase-contrast and its noisy natural
+stand-in).
 
 `TorchTwinVAE` is also the tests' independent reference for the model.
 """
+
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
 
 import argparse
 import json
@@ -20,6 +26,8 @@ import time
 import numpy as np
 import torch
 from torch import nn
+
+from jaxvir import allocator
 
 
 class TorchTwinVAE(nn.Module):
@@ -145,23 +153,28 @@ def _time(fn) -> float:
 
 def measure_training(batch: int, repeats: int) -> dict:
   """Alternates jaxvir and PyTorch steps; returns medians (s/step) and images per second."""
+  from timing import measure, medians, warm_up  # beside this script (tests load it by path)
+
   jax_step, torch_step = _jax_step_fn(batch), _torch_step_fn(batch)
-  for _ in range(2):  # compile and warm up both
-    jax_step()
-    torch_step()
-  jax_times, torch_times = [], []
+  jax_step()  # compiles
+  warmup_rounds = warm_up([lambda: _time(jax_step), lambda: _time(torch_step)])
+  jax_rounds, torch_rounds = [], []
   for _ in range(repeats):
-    jax_times.append(_time(jax_step))
-    torch_times.append(_time(torch_step))
-  jax_median, torch_median = statistics.median(jax_times), statistics.median(torch_times)
+    jax_rounds.append(measure(jax_step, 1))
+    torch_rounds.append(measure(torch_step, 1))
+  jax_median = statistics.median(r.seconds for r in jax_rounds)
+  torch_median = statistics.median(r.seconds for r in torch_rounds)
   images = 2 * batch
   return {
     "batch_per_twin": batch,
+    "warmup_rounds": warmup_rounds,
     "jaxvir_s_per_step": jax_median,
     "torch_s_per_step": torch_median,
     "jaxvir_images_per_s": images / jax_median,
     "torch_images_per_s": images / torch_median,
     "time_ratio_jaxvir_over_torch": jax_median / torch_median,
+    **medians(jax_rounds, "jaxvir"),
+    **medians(torch_rounds, "torch"),
   }
 
 
@@ -187,8 +200,7 @@ def main():
   parser.add_argument("--generator-images", type=int, default=4096)
   parser.add_argument("--generator-only", action="store_true", help="skip the training steps")
   args = parser.parse_args()
-  load_before = os.getloadavg()
-  results = {"load_average_before": load_before}
+  results = {"allocator": allocator.current(), "load_average_before": os.getloadavg()}
   if not args.generator_only:
     results.update(measure_training(args.batch, args.repeats))
   results.update(measure_generator(args.generator_images, args.repeats))

@@ -34,6 +34,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = data.default_config()
 
+  # What the classifier predicts: "classification" (one softmax over the classes) or
+  # "multihead" (one softmax per head, each with a "none" class; jaxvir.tasks.multihead).
+  config.task = ml_collections.ConfigDict()
+  config.task.name = "classification"
+  config.task.heads = "cpe"  # multihead: a name of jaxvir.trainers.classifier.HEAD_SPECS
+  config.task.head_weights = ()  # multihead: per-head loss weights; () sums them (the paper)
+  config.task.decision = "fusion"  # multihead: the rule of report.json's headline split
+  config.task.none_answer = False  # fusion answers "none" (counted wrong) when all heads do
+
   config.model = ml_collections.ConfigDict()
   config.model.name = "small_cnn"
   config.model.kwargs = ml_collections.ConfigDict()  # extra factory arguments

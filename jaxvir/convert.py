@@ -12,6 +12,10 @@ conversion itself live in `jaxvir.models.weights`; `jaxvir.models.load_pretraine
 result.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import argparse
 import json
 import sys

@@ -217,9 +217,10 @@ def cached_dataset(dataset, prefix_fn, *, batch_size: int, path: pathlib.Path | 
     lambda indices: np.stack([records[int(i)]["image"] for i in indices]),
     num_records=len(records), variants=variants, batch_size=batch_size, path=path,
   )
-  # A plain Source: subclasses such as ArraySource take other constructor arguments.
+  # A plain Source with every field of the original (an ArraySource has its own constructor).
   fields = {f.name: getattr(dataset.source, f.name) for f in dataclasses.fields(data.Source)}
-  fields["records"] = data.sources.ArrayRecords(table.features, dataset.source.labels)
-  source = data.Source(**fields)
+  source = data.Source(
+    **dict(fields, records=data.sources.ArrayRecords(table.features, dataset.source.labels))
+  )
   picker = VariantPicker(dataset.augment, variants, square=height == width)
   return dataclasses.replace(dataset, source=source, augment=picker)

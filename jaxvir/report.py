@@ -41,6 +41,7 @@ PLOTS_DIR = "plots"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 TASKS = ("classification", "counting")
+_RATES = ("precision", "recall", "specificity", "f1")
 
 def _to_json(value: Any) -> Any:
   """json.dump fallback for numpy scalars and arrays that callers pass in `extra`."""
@@ -179,7 +180,15 @@ def write_classification(
     n_bootstrap=n_bootstrap,
     seed=seed,
   )
-  labels, probs = np.asarray(labels), np.asarray(probs)
+  _plot_classification(workdir, split, report_metrics, labels=labels, scores=probs)
+  return write_entry(workdir, split, "classification", report_metrics, extra)
+
+
+def _plot_classification(
+  workdir: pathlib.Path, split: str, report_metrics: Mapping[str, Any], *, labels, scores
+) -> None:
+  """Confusion matrices of `report_metrics`, ROC and PR curves of `scores` (n, k), curves."""
+  labels, scores = np.asarray(labels), np.asarray(scores)
   plot_dir = workdir / PLOTS_DIR / split
   confusion = report_metrics["confusion_matrix"]
   names = report_metrics["class_names"]
@@ -193,17 +202,107 @@ def write_classification(
     normalize=True,
     title=f"Confusion matrix ({split}, row-normalised)",
   )
+  scored = names[: scores.shape[1]]  # a decision's extra "none" column has no score
   plots.plot_roc_curves(
-    labels, probs, names, plot_dir / "roc.png", title=f"ROC curves, one vs rest ({split})"
+    labels, scores, scored, plot_dir / "roc.png", title=f"ROC curves, one vs rest ({split})"
   )
   plots.plot_precision_recall_curves(
     labels,
-    probs,
-    names,
+    scores,
+    scored,
     plot_dir / "precision_recall.png",
     title=f"Precision-recall curves, one vs rest ({split})",
   )
   _plot_training_curves(workdir)
+
+
+def decision_report(
+  labels: Any,
+  predictions: Any,
+  scores: Any,
+  *,
+  class_names: Sequence[str],
+  none_name: str | None = None,
+  confidence: float = 0.95,
+  n_bootstrap: int = 1000,
+  seed: int = 0,
+) -> dict[str, Any]:
+  """`metrics.classification_report` of a decision rule's answers, ranked by its scores.
+
+  A rule (e.g. the CPE fusion layer) answers a class without one probability vector whose argmax
+  is the answer, so the confusion matrix, accuracy and per-class rates (with their intervals) come
+  from the answers, and ROC-AUC and average precision from `scores`, one ranking column per class
+  (a one-hot of the answer would rank nothing). With `none_name`, the answer `len(class_names)`
+  is an extra "none" column of the confusion matrix: never a true class, so it is always wrong;
+  its per-class entry has no AUC, and the macro figures average the real classes only (their
+  bootstrap intervals, which would include the extra column, are left out).
+
+  Args:
+    labels: (n,) int true classes in [0, k).
+    predictions: (n,) int answers in [0, k), or [0, k] with `none_name`.
+    scores: (n, k) per-class ranking scores, e.g. each class's probability in its head.
+    class_names: the k class names.
+    none_name: the name of the extra answer, or None when the rule always answers a class.
+    confidence, n_bootstrap, seed: as `metrics.classification_report`.
+
+  Example:
+    >>> r = decision_report([0, 1], [0, 2], [[.9, .1], [.4, .6]], class_names=["a", "b"],
+    ...                     none_name="none")
+    >>> r["accuracy"], r["confusion_matrix"], r["per_class"]["b"]["roc_auc"]
+    (0.5, [[1, 0, 0], [0, 0, 1], [0, 0, 0]], 1.0)
+  """
+  labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
+  names = [*class_names, *([none_name] if none_name else [])]
+  answers = np.eye(len(names))[np.asarray(predictions)]
+  result = metrics.classification_report(
+    labels, answers, class_names=names, confidence=confidence, n_bootstrap=n_bootstrap, seed=seed
+  )
+  for index, name in enumerate(class_names):
+    result["per_class"][name].update(
+      roc_auc=metrics.roc_auc(labels == index, scores[:, index]),
+      average_precision=metrics.average_precision(labels == index, scores[:, index]),
+    )
+  real = [result["per_class"][name] for name in class_names]
+  aucs = [figures["roc_auc"] for figures in real if figures["roc_auc"] is not None]
+  result["macro"].update(roc_auc=float(np.mean(aucs)) if aucs else None,
+                         average_precision=float(np.mean([f["average_precision"] for f in real])))
+  if none_name:
+    result["per_class"][none_name].update(roc_auc=None, average_precision=None)
+    result["macro"].update(
+      {key: float(np.mean([figures[key] for figures in real])) for key in _RATES}
+    )
+    result["ci"] = {"accuracy": result["ci"]["accuracy"]}
+  return result
+
+
+def write_decisions(
+  workdir: str | pathlib.Path,
+  *,
+  labels: Any,
+  predictions: Any,
+  scores: Any,
+  class_names: Sequence[str],
+  split: str,
+  none_name: str | None = None,
+  extra: Mapping[str, Any] | None = None,
+  confidence: float = 0.95,
+  n_bootstrap: int = 1000,
+  seed: int = 0,
+) -> dict[str, Any]:
+  """`write_classification` for a decision rule's answers: a `decision_report` and its plots.
+
+  Example:
+    >>> entry = write_decisions("runs/cpe", labels=labels, predictions=fused,  # doctest: +SKIP
+    ...                         scores=scores, class_names=CPE_HEADS.class_names, split="test")
+  """
+  _check_split_and_extra(split, extra)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  report_metrics = decision_report(
+    labels, predictions, scores, class_names=class_names, none_name=none_name,
+    confidence=confidence, n_bootstrap=n_bootstrap, seed=seed,
+  )
+  _plot_classification(workdir, split, report_metrics, labels=labels, scores=scores)
   return write_entry(workdir, split, "classification", report_metrics, extra)
 
 

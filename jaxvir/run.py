@@ -42,12 +42,11 @@ import tqdm
 
 from jaxvir import checkpoint, data, parallel
 from jaxvir.errors import NonFiniteLossError, WorkdirError
+from jaxvir.report import CONFIG_FILE, METRICS_FILE
 
 log = logging.getLogger("jaxvir")
 
-CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
-METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
 

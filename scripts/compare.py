@@ -11,6 +11,10 @@ writes `<out>.csv` (numbers, intervals as `<metric>_low/_high` columns) and `<ou
 be read is listed with its cause and the others are compared.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import argparse
 import csv
 import pathlib

@@ -8,6 +8,10 @@ confusion matrices, ROC and precision-recall curves; counting: predicted against
 and prints the split's main metric with its 95% interval.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import argparse
 import sys
 

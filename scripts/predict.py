@@ -9,6 +9,10 @@ the count), and an error message for files that could not be read (the others ar
 predicted).
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import argparse
 import sys
 

@@ -8,6 +8,10 @@ Without --workdir the run goes to runs/<config name>/<timestamp>/. Rerunning wit
 stops and lists the changes, unless --accept_config_changes is given.
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+  allocator.use_preferred()
+
 import datetime
 import logging
 import pathlib

@@ -20,6 +20,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarni
 # The arguments each config accepts, in its declared order (the README's table).
 ARGUMENTS = {
   "classify_folder": ("runlocal",),
+  "cpe_demux": ("runlocal",),
+  "cpe_multitask": ("runlocal", "mux"),
+  "cpe_single": ("runlocal",),
   "cxr_vgg": ("vgg19", "ft0", "runlocal"),
   "pathnet_ecg": ("runlocal", "inter_patient"),
   "pathnet_joint": ("runlocal", "inter_patient"),
@@ -33,6 +36,9 @@ DECLARED = {
   "cxr_vgg": "vgg16, vgg19, ft0, ft1, ft2, ft3, ft4, ft5, runlocal, fold=<int> (default 0), "
   "weights=<str> (default )",
 }
+
+# The `key=value` arguments, as the unknown-argument error lists them after the flags.
+OPTIONS = {"cpe_demux": ", line=<str> (default MDCK)"}
 
 
 def load(spec: str):
@@ -84,7 +90,7 @@ def test_unknown_argument_is_one_line_listing_the_known_ones(name):
   # ml_collections puts the traceback before the error; its last line is the one to print.
   assert str(error.value).splitlines()[-1] == (
     "ValueError: unknown config argument 'no_such_argument'; known arguments: "
-    + DECLARED.get(name, ", ".join(ARGUMENTS[name]))
+    + DECLARED.get(name, ", ".join(ARGUMENTS[name]) + OPTIONS.get(name, ""))
   )
 
 
@@ -156,3 +162,13 @@ def test_pathnet_joint_pairs_ecg_with_chest_xrays():
 @pytest.mark.parametrize("module", [config_args, pathnet_experiments, twinvae_experiments])
 def test_docstring_examples(module):
   assert doctest.testmod(module).failed == 0
+
+
+def test_twinvae_paper_follows_the_paper_where_the_authors_code_differs():
+  paper, reference = load("twinvae_pc.py:paper").twinvae, load("twinvae_pc.py").twinvae
+  assert (paper.crop_area, paper.ratio) == (0.81, 1.0)  # 115 of 128 px per side; 1:1 pre-training
+  assert (reference.crop_area, reference.ratio) == (0.9, 2.0)
+  assert not paper.frozen_outer_trains_regressor and reference.frozen_outer_trains_regressor
+  assert not paper.sample_at_eval and reference.sample_at_eval  # the authors' code samples
+  assert reference.select_on == "val"
+  assert load("twinvae_transfer.py:paper").twinvae.ratio == 2.0  # 2:1 is the transfer ratio

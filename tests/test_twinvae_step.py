@@ -162,3 +162,11 @@ def test_the_step_is_data_parallel_and_equal_to_one_device():
   np.testing.assert_allclose(loss, many["loss"], rtol=1e-4)
   np.testing.assert_allclose(np.asarray(state.params["core"]["mu"]["kernel"].value),
                              many["kernel"], rtol=1e-3, atol=1e-6)  # fmt: skip
+
+
+def test_frozen_outer_can_leave_the_regressor_frozen_as_the_paper_describes():
+  trains = twin_config.transfer_freeze("frozen_outer")["patterns"]
+  literal = twin_config.transfer_freeze("frozen_outer", train_regressor=False)["patterns"]
+  assert not optim.matches("regressor/layers/0/kernel", trains)
+  assert optim.matches("regressor/layers/0/kernel", literal)
+  assert not optim.matches("core/mu/kernel", literal)

@@ -17,6 +17,7 @@ from jaxvir import compare, evaluate, report, train
 from jaxvir.data import cells
 from jaxvir.errors import NonFiniteLossError
 from jaxvir.trainers import twinvae as twin_trainer
+from jaxvir.twinvae import data as twin_data
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("twinvae_pc", ROOT / "configs" / "twinvae_pc.py")
@@ -65,8 +66,21 @@ def test_a_tiny_run_writes_finite_metrics_report_and_plots(reference):
   assert [line["epoch"] for line in lines if line["split"] == "train"] == [1, 2, 3]
   assert all(math.isfinite(v) for line in lines for v in line.values() if not isinstance(v, str))
   assert {"synthetic/rec", "natural/kl"} <= set(lines[0])
-  assert "natural_mae" in [line for line in lines if line["split"] == "test"][-1]
+  assert "natural_mae" in [line for line in lines if line["split"] == "val"][-1]
   assert 2 <= content["natural_test"]["checkpoint_step"] <= 6
+  # The best checkpoint is chosen on held-out labeled training images, and the report says so.
+  assert "validation split" in content["natural_test"]["checkpoint_selected_on"]
+  assert {line["split"] for line in lines} == {"train", "val"}
+
+
+def test_validation_images_are_held_out_of_training():
+  config = tiny_config()
+  splits = twin_data.load_data(config)
+  for domain in ("synthetic", "natural"):
+    train_images, val = splits[f"{domain}_train"]["image"], splits[f"{domain}_val"]
+    assert len(val["count"]) >= 1 and (val["count"] > 0).all()
+    flat = {image.tobytes() for image in train_images}
+    assert not any(image.tobytes() in flat for image in val["image"])
 
 
 def test_evaluate_predict_and_compare_work_on_a_twinvae_run(reference, tmp_path):

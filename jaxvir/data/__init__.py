@@ -11,6 +11,7 @@ Example:
 # Importing a source module registers its sources (and `preprocess` its hooks).
 from jaxvir.data import (  # noqa: F401
   cpe_cells,
+  cpe_line,
   ecg,
   folder_builder,
   preprocess,

@@ -293,8 +293,7 @@ def generate(
   pixels *= 1.0 + s["tilt"][:, 0, None, None] * y + s["tilt"][:, 1, None, None] * x
   noise_rng = np.random.default_rng((seed, 1 << 31))
   pixels += s["noise"][:, None, None] * noise_rng.standard_normal(pixels.shape)
-  images = np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)[..., None]
-  return np.repeat(images, channels, axis=-1), labels, wells
+  return render.to_uint8(pixels, channels=channels), labels, wells
 
 
 @register("cpe_cells")

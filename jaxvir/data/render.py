@@ -23,3 +23,14 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], sigma: f
   """(N, H, W) white noise blurred by `sigma` pixels and scaled to unit standard deviation."""
   noise = gaussian_filter(rng.standard_normal(shape), np.full(shape[0], sigma))
   return noise / np.maximum(noise.std(axis=(1, 2), keepdims=True), 1e-12)
+
+
+def to_uint8(pixels: np.ndarray, *, channels: int) -> np.ndarray:
+  """Grey images (N, H, W) in [0, 1] as uint8 (N, H, W, channels), the grey level repeated.
+
+  Example:
+    >>> to_uint8(np.array([[[0.0, 1.0]]]), channels=3)[0, 0, 1].tolist()
+    [255, 255, 255]
+  """
+  images = np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)[..., None]
+  return np.repeat(images, channels, axis=-1)

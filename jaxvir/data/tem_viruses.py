@@ -290,8 +290,7 @@ def generate(
   pixels = stain + s["contrast"] * mass - s["halo"] * pool
   pixels = render.gaussian_filter(pixels, s["defocus_nm"][:, 0, 0] / pixel_nm)
   pixels += s["noise"] * noise_rng.standard_normal(shape)
-  images = np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)[..., None]
-  return np.repeat(images, channels, axis=-1), labels, micrographs
+  return render.to_uint8(pixels, channels=channels), labels, micrographs
 
 
 @register("tem_viruses")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxvir import optim
+from jaxvir import optim, parallel
 from jaxvir.pathnet import config as pathnet_config
 from jaxvir.pathnet import evolution as evolution_lib
 from jaxvir.pathnet import finetune, genotypes, plots, supernet
@@ -113,19 +113,33 @@ _STRATEGIES: dict = {}
 
 
 def _strategy(config, params, readout) -> evolution_lib.Evolution:
-  """One `Evolution` per settings and parameter shapes, so that tasks of equal shapes (and
-  repeated runs in one process) reuse its compiled generation step."""
+  """One `Evolution` per settings, parameter shapes and devices, so that tasks of equal shapes
+  (and repeated runs in one process) reuse its compiled generation step.
+
+  The population is split over all devices when it divides evenly (a large population then
+  spreads over GPUs); otherwise it stays on one device, with a warning.
+  """
   shapes = jax.tree.map(lambda x: (x.shape, str(x.dtype)), (params, readout))
+  devices = jax.device_count()
   key = (
     pathnet_config.settings(config.pathnet),
     pathnet_config.spec(config.pathnet),
     config.optim.to_json(),
     config.pathnet.learning_rate,
     repr(shapes),
+    devices,
   )
   if key not in _STRATEGIES:
+    mesh = None
+    if devices > 1 and config.pathnet.population_size % devices == 0:
+      mesh = parallel.make_mesh()
+    elif devices > 1:
+      log.warning("pathnet.population_size=%d does not split over %d devices: evolving on one; "
+                  "choose a multiple of %d", config.pathnet.population_size, devices,
+                  devices)  # fmt: skip
     _STRATEGIES[key] = evolution_lib.Evolution(
-      key[0], key[1], _optimizer(config.optim, (params, readout), config.pathnet.learning_rate)
+      key[0], key[1], _optimizer(config.optim, (params, readout), config.pathnet.learning_rate),
+      mesh=mesh,
     )
   return _STRATEGIES[key]
 

@@ -40,11 +40,20 @@ The alternative, simulating each pathway's T steps on its own parameter copy and
 only the winners' updates, would need P copies of the active modules and optimiser state
 and discards half of the training; it is not implemented.
 
+**Sharding.** Given a device `mesh`, the population axis is split over all of the mesh's devices
+(genotypes, fitness and every per-pathway intermediate: module weights, logits, losses) and the
+shared modules, the readout and the optimiser state are replicated. Each device then trains and
+scores P/D pathways; the gradients of the shared modules are summed over the population, which
+XLA turns into one all-reduce per training step. The random draws do not depend on the
+sharding, so a sharded generation equals the single-device one up to the order of those sums.
+
 Example:
 
   >>> evolution = Evolution(EvolutionSettings(population_size=64), spec, optax.adam(1e-3))
   >>> state = evolution.init(jax.random.key(0), params, readout)
   >>> state, metrics = evolution.run(state, jax.random.key(1), data, num_generations=10)
+  >>> sharded = Evolution(EvolutionSettings(population_size=64), spec, optax.adam(1e-3),
+  ...                     mesh=jaxvir.parallel.make_mesh())  # population split over devices
 """
 
 import dataclasses
@@ -54,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxvir.pathnet import genotypes as genotypes_lib
 from jaxvir.pathnet import supernet
@@ -219,6 +229,8 @@ class Evolution:
     settings: evolution settings.
     spec: super-network settings.
     optimizer: optax transformation for the shared modules and the readout.
+    mesh: devices to split the population over (see "Sharding" above); None runs on the
+      default device. The population size must be a multiple of the mesh's size.
   """
 
   def __init__(
@@ -226,13 +238,25 @@ class Evolution:
     settings: EvolutionSettings,
     spec: supernet.SupernetSpec,
     optimizer: optax.GradientTransformation,
+    *,
+    mesh: Mesh | None = None,
   ):
     self.settings = settings
     self.spec = spec
     self.optimizer = optimizer
+    self.mesh = mesh
     self.layers = supernet.layer_names(spec)
     self.mutation_rate = settings.mutation_rate or 1.0 / (settings.num_active * spec.num_layers)
-    self.step = jax.jit(self._step, donate_argnums=0)
+    shardings = {}
+    if mesh is not None:
+      if settings.population_size % mesh.size:
+        raise ValueError(
+          f"pathnet.population_size={settings.population_size} cannot be split over the "
+          f"{mesh.size} devices of the mesh; use a multiple of {mesh.size}"
+        )
+      # Metrics are per-generation scalars: replicated.
+      shardings = {"out_shardings": (self.state_sharding(), NamedSharding(mesh, PartitionSpec()))}
+    self.step = jax.jit(self._step, donate_argnums=0, **shardings)
     self._random_population = jax.jit(
       lambda key: jax.vmap(
         lambda k: genotypes_lib.random_genotype(
@@ -243,7 +267,26 @@ class Evolution:
         )
       )(jax.random.split(key, settings.population_size))
     )
-    self.run = jax.jit(self._run, static_argnames="num_generations", donate_argnums=0)
+    self.run = jax.jit(
+      self._run, static_argnames="num_generations", donate_argnums=0, **shardings
+    )
+
+  def state_sharding(self) -> EvolutionState:
+    """Per field of `EvolutionState`, its sharding over `mesh` (a prefix of the state's tree).
+
+    Genotypes and fitness are split along the population axis; everything else is replicated.
+    """
+    population = NamedSharding(self.mesh, PartitionSpec(self.mesh.axis_names))
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    fields = {field.name: replicated for field in dataclasses.fields(EvolutionState)}
+    return EvolutionState(**{**fields, "genotypes": population, "fitness": population})
+
+  def _split_population(self, x: jax.Array, axis: int = 0) -> jax.Array:
+    """`x` split over the mesh along its population `axis` (unchanged without a mesh)."""
+    if self.mesh is None:
+      return x
+    spec = PartitionSpec(*(None,) * axis, self.mesh.axis_names)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
   def init(
     self,
@@ -260,12 +303,15 @@ class Evolution:
       params: shared module parameters.
       readout: the task's readout.
       trainable: per layer, (M,) 1.0 for trainable modules; all trainable when None.
+
+    Returns:
+      The state, placed on the mesh (`state_sharding`) when the evolution has one.
     """
     settings, spec = self.settings, self.spec
     population = self._random_population(key)
     if trainable is None:
       trainable = {name: jnp.ones((spec.num_modules,), jnp.float32) for name in self.layers}
-    return EvolutionState(
+    state = EvolutionState(
       genotypes=population,
       fitness=jnp.zeros((settings.population_size,), jnp.float32),
       params=params,
@@ -277,6 +323,7 @@ class Evolution:
       best_fitness=jnp.zeros((), jnp.float32),
       done=jnp.zeros((), bool),
     )
+    return state if self.mesh is None else jax.device_put(state, self.state_sharding())
 
   def population_logits(self, params, readout, weights, features):
     """(P, B, K) logits of all pathways (weights (P, L, M)) on one batch of features."""
@@ -340,6 +387,8 @@ class Evolution:
       return (jnp.argmax(logits, -1) == labels).mean(-1)
 
     chunks = weights.reshape(-1, chunk, *weights.shape[1:])
+    if self.mesh is not None and chunk % self.mesh.size == 0:
+      chunks = self._split_population(chunks, axis=1)  # each chunk over all devices
     return jax.lax.map(chunk_accuracy, chunks).reshape(-1)
 
   def _step(self, state: EvolutionState, key: jax.Array, data: EvolutionData):
@@ -352,6 +401,7 @@ class Evolution:
         g, num_modules=spec.num_modules, aggregation=spec.aggregation
       )
     )(state.genotypes)
+    weights = self._split_population(weights)
     batch_shape = (settings.train_steps,)
     if not settings.shared_batches:
       batch_shape += (population,)
@@ -361,6 +411,8 @@ class Evolution:
       0,
       data.train_labels.shape[0],
     )
+    if not settings.shared_batches:
+      batch_indices = self._split_population(batch_indices, axis=1)
     params, readout, opt_state, losses, accuracy = self._train(state, weights, batch_indices, data)
     if settings.fitness == "train":
       fitness = accuracy.mean(0)

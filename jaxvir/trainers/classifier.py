@@ -1,4 +1,8 @@
-"""The image classifier: one model, one softmax head, trained on a folder or an embedded set.
+"""The image classifier: one model, trained on a folder or an embedded set.
+
+The model ends in one softmax over the classes, or (`config.task.name="multihead"`) in several
+softmax heads, each with a "none" class, whose answers a decision rule turns into classes (the
+CPE multi-task model: `jaxvir.tasks.multihead`, `report_multihead`).
 
 `train(run)` runs in labelled sections: data, model, optimizer, checkpoint, steps, loop,
 evaluation; the run core (`jaxvir.run`) gives it the workdir, devices, keys, metrics writer,
@@ -35,6 +39,7 @@ from jaxvir import (
   tasks,
   xla,
 )
+from jaxvir import metrics as metrics_lib
 from jaxvir import run as run_lib
 from jaxvir.data import folder_builder, preprocess
 from jaxvir.errors import ConfigError, DataError
@@ -116,6 +121,84 @@ def classification_fns(config, class_weights, *, forward=forward_images, eval_fo
   return loss_fn, eval_fn
 
 
+# The multi-head specs that `config.task.heads` can name.
+HEAD_SPECS = {"cpe": tasks.CPE_HEADS}
+# The decision rules of a multi-head report; `config.task.decision` picks the headline.
+DECISIONS = ("fusion", "mux")
+
+
+def head_spec(config: ml_collections.ConfigDict) -> tasks.HeadSpec | None:
+  """The heads of a "multihead" config; None for one softmax."""
+  return HEAD_SPECS[config.task.heads] if config.task.name == "multihead" else None
+
+
+def output_width(config: ml_collections.ConfigDict, class_names) -> int:
+  """The width of the model's last layer: one output per class, or the heads' outputs."""
+  spec = head_spec(config)
+  return len(class_names) if spec is None else spec.num_outputs
+
+
+def class_order(spec: tasks.HeadSpec, class_names) -> np.ndarray:
+  """(K,) int32: the index in `spec.class_names` of each data set class (folders sort by name).
+
+  Raises:
+    DataError: naming the heads' classes the data set lacks and the classes it has beyond them.
+  """
+  missing = sorted(set(spec.class_names) - set(class_names))
+  extra = sorted(set(class_names) - set(spec.class_names))
+  if missing or extra:
+    raise DataError(
+      f"the data set's classes do not match the heads {spec.head_names}: missing "
+      f"{', '.join(missing) or 'none'}; extra {', '.join(extra) or 'none'}; rename the class "
+      "folders or choose other config.task.heads"
+    )
+  return np.array([spec.class_names.index(name) for name in class_names], np.int32)
+
+
+def multihead_fns(config, spec, order, class_weights, *, forward=forward_images, eval_forward=None):
+  """`classification_fns` for several softmax heads: `multihead_loss`, per-head probabilities.
+
+  Args:
+    config: the run's config (`config.task.head_weights`, `config.train.label_smoothing`).
+    spec: the heads.
+    order: `class_order(spec, dataset.class_names)`, mapping data set labels to the heads'.
+    class_weights: (K,) loss weights in data set order, or None.
+    forward, eval_forward: as in `classification_fns`.
+  """
+  eval_forward = eval_forward or forward
+  order = jnp.asarray(order)
+  head_weights = tuple(config.task.head_weights) or None
+  if class_weights is not None:
+    class_weights = jnp.zeros_like(class_weights).at[order].set(class_weights)
+
+  def loss_fn(model, batch):
+    logits = forward(model, batch["image"])
+    return tasks.multihead_loss(
+      logits, order[batch["label"]], spec=spec, head_weights=head_weights,
+      class_weights=class_weights, label_smoothing=config.train.label_smoothing,
+    )
+
+  def eval_fn(model, batch):
+    logits = eval_forward(model, batch["image"])
+    _, sums = tasks.multihead_loss(
+      logits, order[batch["label"]], spec=spec, head_weights=head_weights, mask=batch["mask"]
+    )
+    return sums, tasks.head_probabilities(logits, spec=spec)
+
+  return loss_fn, eval_fn
+
+
+def task_fns(config, class_names, class_weights, *, forward=forward_images, eval_forward=None):
+  """`classification_fns` or `multihead_fns`, as `config.task.name` says."""
+  spec = head_spec(config)
+  if spec is None:
+    return classification_fns(config, class_weights, forward=forward, eval_forward=eval_forward)
+  return multihead_fns(
+    config, spec, class_order(spec, class_names), class_weights, forward=forward,
+    eval_forward=eval_forward,
+  )
+
+
 def evaluate_split(eval_step, variables, batches: Iterator[dict], mesh) -> tuple[dict, np.ndarray]:
   """Runs `eval_step` over `batches`; returns metrics and the (labels, probs) of real examples."""
   sums = steps.zero_sums(("loss", "correct", "count"), mesh=mesh)
@@ -138,6 +221,24 @@ def check(config: ml_collections.ConfigDict) -> None:
       f"config.cache.frozen_prefix: must be 'off', 'memory' or 'disk', not "
       f"{config.cache.frozen_prefix!r}"
     )
+  task = config.task
+  if task.name not in ("classification", "multihead"):
+    raise ConfigError(
+      f"config.task.name: must be 'classification' or 'multihead', not {task.name!r}"
+    )
+  if task.name == "multihead":
+    if task.heads not in HEAD_SPECS:
+      raise ConfigError(
+        f"config.task.heads: unknown heads {task.heads!r}; one of {list(HEAD_SPECS)}"
+      )
+    heads = HEAD_SPECS[task.heads].head_names
+    if task.head_weights and len(task.head_weights) != len(heads):
+      raise ConfigError(
+        f"config.task.head_weights: {len(task.head_weights)} weights for the {len(heads)} heads "
+        f"{heads}; give one per head or () for all 1"
+      )
+    if task.decision not in DECISIONS:
+      raise ConfigError(f"config.task.decision: must be one of {DECISIONS}, not {task.decision!r}")
 
 
 def best_mode(config: ml_collections.ConfigDict) -> str:
@@ -172,13 +273,13 @@ def train(run: run_lib.Run) -> dict:
   # Data.
   dataset = data.build(config.data, seed=config.seed)
   log.warning("DATA: %s", dataset.description)
-  num_classes = len(dataset.class_names)
+  num_outputs = output_width(config, dataset.class_names)
   process_batch = config.train.batch_size // jax.process_count()
   steps_per_epoch = data.steps_per_epoch(dataset, batch_size=process_batch)
   total_steps = steps_per_epoch * config.train.epochs
 
   # Model: shapes first (no allocation), to build the optimizer and shardings.
-  abstract_model = nnx.eval_shape(lambda: create_model(config, num_classes=num_classes, keys=keys))
+  abstract_model = nnx.eval_shape(lambda: create_model(config, num_classes=num_outputs, keys=keys))
   train_graphdef, eval_graphdef, abstract_params, *_ = steps.split_model(
     abstract_model, freeze_batch_stats=config.freeze.batch_stats
   )
@@ -202,7 +303,7 @@ def train(run: run_lib.Run) -> dict:
     tx = optim.make_optimizer(config.optim, schedule=schedule, labels=labels)
 
     def init_state(model_keys):
-      model = create_model(config, num_classes=num_classes, keys=model_keys)
+      model = create_model(config, num_classes=num_outputs, keys=model_keys)
       _, _, params, batch_stats, rest = steps.split_model(model)
       return steps.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, rest=rest,
@@ -250,9 +351,9 @@ def train(run: run_lib.Run) -> dict:
       config, dataset, state, eval_graphdef, rules.labels(
         abstract_params, epoch=config.train.epochs - 1), abstract_model,
     )
-  loss_fn, eval_fn = classification_fns(
-    config, jnp.asarray(dataset.class_weights(), jnp.float32), forward=forward,
-    eval_forward=eval_forward,
+  loss_fn, eval_fn = task_fns(
+    config, dataset.class_names, jnp.asarray(dataset.class_weights(), jnp.float32),
+    forward=forward, eval_forward=eval_forward,
   )
   make_train_step = lambda: steps.make_train_step(
     train_graphdef, tx, loss_fn, mesh=mesh, state_sharding=state_sharding
@@ -377,9 +478,9 @@ def restore(
   dataset = dataset or data.build(config.data, seed=config.seed)
   checkpoints = run_lib.Checkpoints.open(workdir)
   step = checkpoints.resolve(checkpoint_name)
-  num_classes = len(dataset.class_names)
+  num_outputs = output_width(config, dataset.class_names)
   abstract_model = nnx.eval_shape(
-    lambda: create_model(config, num_classes=num_classes, keys=_SHAPE_KEYS)
+    lambda: create_model(config, num_classes=num_outputs, keys=_SHAPE_KEYS)
   )
   _, eval_graphdef, params, batch_stats, rest = steps.split_model(abstract_model)
   replicated = parallel.replicated(mesh)
@@ -388,7 +489,7 @@ def restore(
     {"params": params, "batch_stats": batch_stats, "rest": rest},
   )
   restored = checkpoint.restore_variables(checkpoints.manager, step, abstract_variables=abstract)
-  _, eval_fn = classification_fns(config, None)
+  _, eval_fn = task_fns(config, dataset.class_names, None)
   eval_step = steps.make_eval_step(eval_graphdef, eval_fn, mesh=mesh)
   variables = (restored["params"], restored["batch_stats"], restored["rest"])
   return Restored(config=config, dataset=dataset, mesh=mesh, eval_step=eval_step,
@@ -403,7 +504,8 @@ def predict_split(run: Restored, split: str) -> tuple[dict, np.ndarray, np.ndarr
 
 
 def predict_images(run: Restored, images: np.ndarray) -> np.ndarray:
-  """Class probabilities (N, K) for uint8 images (N, H, W, C) of the run's image size."""
+  """Class probabilities (N, K) for uint8 images (N, H, W, C) of the run's image size; for a
+  multi-head model, each head's probabilities (N, spec.num_outputs)."""
   batch_size = run.config.eval.batch_size
   probs = []
   for start in range(0, len(images), batch_size):
@@ -429,13 +531,166 @@ def report_split(run: Restored, split: str, *, workdir: pathlib.Path | None) -> 
   if workdir is None:
     return metrics
   np.savez(workdir / PREDICTIONS_FILE.format(split=split), labels=labels, probs=probs)
+  spec = head_spec(run.config)
+  if spec is not None:
+    return report_multihead(run, spec, split, labels, probs, workdir=workdir)
   entry = report.write_classification(
     workdir, labels=labels, probs=probs, class_names=list(run.dataset.class_names), split=split,
     extra={"checkpoint_step": run.step, "data": run.dataset.description},
   )
-  if run.config.eval.grad_cam_per_class:
+  if run.config.eval.grad_cam_per_class:  # single head only: a class is one logit
     write_grad_cam_figures(run, split, workdir / report.PLOTS_DIR / split)
   return entry
+
+
+def multihead_decisions(
+  spec: tasks.HeadSpec, probs: np.ndarray, labels: np.ndarray, *, none_answer: bool
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Each rule's `(answers, scores)` from per-head probabilities and the heads' class labels.
+
+  Scores rank each final class for ROC-AUC: its probability within its own head (the fusion's
+  per-class inputs); MUX, which knows each image's head (cell line), gives the other heads'
+  classes 0.
+  """
+  cell_lines = spec.class_heads[labels]
+  scores = probs[:, spec.class_outputs]
+  return {
+    "fusion": (
+      np.asarray(tasks.fusion_predict(probs, spec=spec, none_answer=none_answer)), scores
+    ),
+    "mux": (
+      np.asarray(tasks.mux_predict(probs, cell_lines, spec=spec)),
+      scores * (spec.class_heads == cell_lines[:, None]),
+    ),
+  }
+
+
+def report_multihead(
+  run: Restored, spec: tasks.HeadSpec, split: str, labels, probs, *, workdir: pathlib.Path
+) -> dict:
+  """Writes a multi-head model's report of `split`: one entry per decision rule, per-head reports.
+
+  The headline rule (`config.task.decision`) writes `split` itself, the other rule
+  `<rule>_<split>` (e.g. `mux_test`), both over the heads' final classes, with each cell line's
+  accuracy; with `config.task.none_answer` the fusion's "none" is its own confusion-matrix column
+  and counts as wrong. The headline entry also holds `heads`: each head's own report over its
+  classes and "none", from its probabilities.
+
+  Returns:
+    The headline entry.
+  """
+  labels = class_order(spec, run.dataset.class_names)[labels]
+  extra = {"checkpoint_step": run.step, "data": run.dataset.description}
+  task = run.config.task
+  head_targets = np.asarray(tasks.head_labels(labels, spec=spec))
+  heads = {
+    head.name: metrics_lib.classification_report(
+      head_targets[:, h], probs[:, start:stop], class_names=(*head.classes, spec.none_name)
+    )
+    for h, (head, (start, stop)) in enumerate(zip(spec.heads, spec.head_slices, strict=True))
+  }
+  entries = {}
+  for rule, (answers, scores) in multihead_decisions(
+    spec, probs, labels, none_answer=task.none_answer
+  ).items():
+    headline = rule == task.decision
+    entries[rule] = report.write_decisions(
+      workdir, labels=labels, predictions=answers, scores=scores, class_names=spec.class_names,
+      none_name=spec.none_name if rule == "fusion" and task.none_answer else None,
+      split=split if headline else f"{rule}_{split}",
+      extra={**extra, "decision": rule,
+             "cell_line_accuracy": cell_line_accuracy(spec, labels, answers),
+             **({"heads": heads} if headline else {})},
+    )
+  return entries[task.decision]
+
+
+def demux_decisions(
+  spec: tasks.HeadSpec, line_results: dict[str, tuple[np.ndarray, np.ndarray, tuple[str, ...]]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """DEMUX-single: per-cell-line models, each on its own cell line's images, as final classes.
+
+  Args:
+    spec: the heads; one model per head (cell line), over that head's classes in any order.
+    line_results: {head name: (labels, probs, class_names)} of each model on its images.
+
+  Returns:
+    `(labels, answers, scores)` over `spec.class_names`: scores hold each model's
+    probabilities in its head's block and 0 elsewhere (the known cell line), answers follow
+    `tasks.demux_predict`.
+
+  Raises:
+    DataError: a head without a model, or a model whose classes are not its head's.
+  """
+  if set(line_results) != set(spec.head_names):
+    raise DataError(
+      f"DEMUX needs one model per cell line {spec.head_names}, got {sorted(line_results)}"
+    )
+  first_class = np.cumsum([0, *(len(head.classes) for head in spec.heads)])
+  labels, blocks, lines = [], [], []
+  for h, head in enumerate(spec.heads):
+    line_labels, probs, class_names = line_results[head.name]
+    if sorted(class_names) != sorted(head.classes):
+      raise DataError(
+        f"the {head.name} model's classes {list(class_names)} are not the cell line's "
+        f"{list(head.classes)}; train it on DIR/{head.name}/ only"
+      )
+    order = np.array([head.classes.index(name) for name in class_names])
+    in_head = np.zeros_like(probs)
+    in_head[:, order] = probs
+    labels.append(first_class[h] + order[line_labels])
+    blocks.append([in_head if g == h else np.zeros((len(probs), len(other.classes)))
+                   for g, other in enumerate(spec.heads)])  # fmt: skip
+    lines.append(np.full(len(probs), h))
+  head_probs = [np.concatenate([block[g] for block in blocks]) for g in range(len(spec.heads))]
+  cell_lines = np.concatenate(lines)
+  answers = np.asarray(tasks.demux_predict(head_probs, cell_lines, spec=spec))
+  return np.concatenate(labels), answers, np.concatenate(head_probs, axis=-1)
+
+
+def write_demux_report(
+  workdir: str | pathlib.Path,
+  line_workdirs: dict[str, str | pathlib.Path],
+  *,
+  split: str = "test",
+  checkpoint: str | int = "best",
+  spec: tasks.HeadSpec = tasks.CPE_HEADS,
+) -> dict:
+  """Writes `workdir/report.json`'s `split`: the DEMUX report of per-cell-line classifier runs.
+
+  Args:
+    workdir: where the combined report goes.
+    line_workdirs: {cell line (head name): the workdir of a run trained on its classes only}.
+    split: the split of every run to evaluate (each run's own images of its cell line).
+    checkpoint: "best", "last" or a step number, of every run.
+    spec: the heads.
+
+  Example:
+    >>> runs = {"MDCK": "runs/mdck", "MK2": "runs/mk2", "RD": "runs/rd"}
+    >>> write_demux_report("runs/cpe_demux", runs)  # doctest: +SKIP
+  """
+  results = {}
+  for line, line_workdir in line_workdirs.items():
+    restored = restore(line_workdir, checkpoint_name=checkpoint)
+    _, labels, probs = predict_split(restored, split)
+    results[line] = (labels, probs, restored.dataset.class_names)
+  labels, answers, scores = demux_decisions(spec, results)
+  return report.write_decisions(
+    workdir, labels=labels, predictions=answers, scores=scores, class_names=spec.class_names,
+    split=split, extra={
+      "decision": "demux", "runs": {line: str(path) for line, path in line_workdirs.items()},
+      "cell_line_accuracy": cell_line_accuracy(spec, labels, answers),
+    },
+  )
+
+
+def cell_line_accuracy(spec: tasks.HeadSpec, labels: np.ndarray, answers: np.ndarray) -> dict:
+  """{cell line: accuracy of `answers` on its images}, for the lines with images."""
+  lines = spec.class_heads[labels]
+  return {
+    line: float(np.mean(answers[lines == h] == labels[lines == h]))
+    for h, line in enumerate(spec.head_names) if np.any(lines == h)
+  }
 
 
 def write_grad_cam_figures(run: Restored, split: str, directory: pathlib.Path) -> None:
@@ -532,12 +787,22 @@ def evaluate(workdir, config, *, split: str, checkpoint: str | int) -> dict:
 def predict(workdir, config, paths, *, checkpoint: str | int, chunk_size: int = 512) -> list[dict]:
   """Class probabilities of image files; unreadable files get an error and the rest go on.
 
+  A multi-head model answers by its fusion rule (the cell line of a file is not known here) and
+  gives each head's probabilities as `prob_<head>/<class or none>`.
+
   Returns:
     One row per file, in order: `path`, `predicted_class`, `prob_<class name>` for every
-    class, and `error` (empty when the file was read).
+    class (every head output for a multi-head model), and `error` (empty when the file was
+    read).
   """
   restored = restore(workdir, checkpoint_name=checkpoint, config=config)
+  spec = head_spec(restored.config)
   class_names = list(restored.dataset.class_names)
+  answer_names, columns = class_names, class_names
+  if spec is not None:
+    answer_names = [*spec.class_names, spec.none_name]
+    columns = [f"{head.name}/{name}" for head in spec.heads
+               for name in (*head.classes, spec.none_name)]  # fmt: skip
   height, width, channels = restored.dataset.image_shape
   hooks = preprocess.resolve(restored.config.data)
   files = folder_builder.list_image_files(paths)
@@ -546,7 +811,7 @@ def predict(workdir, config, paths, *, checkpoint: str | int, chunk_size: int = 
     chunk_rows, images = [], []
     for path in files[start : start + chunk_size]:
       row = {"path": str(path), "predicted_class": "", "error": ""}
-      row.update({f"prob_{name}": "" for name in class_names})
+      row.update({f"prob_{name}": "" for name in columns})
       try:
         # Decoded exactly as the folder data source decodes its training images.
         images.append(
@@ -561,11 +826,11 @@ def predict(workdir, config, paths, *, checkpoint: str | int, chunk_size: int = 
     readable = [row for row in chunk_rows if not row["error"]]
     if images:
       probs = predict_images(restored, np.stack(images))
-      for row, row_probs in zip(readable, probs, strict=True):
-        row["predicted_class"] = class_names[int(np.argmax(row_probs))]
-        row.update(
-          {f"prob_{name}": float(p) for name, p in zip(class_names, row_probs, strict=True)}
-        )
+      answers = np.argmax(probs, axis=-1) if spec is None else np.asarray(tasks.fusion_predict(
+        probs, spec=spec, none_answer=restored.config.task.none_answer))
+      for row, row_probs, answer in zip(readable, probs, answers, strict=True):
+        row["predicted_class"] = answer_names[int(answer)]
+        row.update({f"prob_{name}": float(p) for name, p in zip(columns, row_probs, strict=True)})
     rows.extend(chunk_rows)
   return rows
 
