@@ -18,8 +18,9 @@ rotations). `:paper` uses the paper's settings (orthogonal init, regressor on th
 decoder, 100/3/2, learning rate 1.3e-4, weight decay 1e-5, regressor after 100 epochs, 0-5
 degree rotations, the crop of 115 of 128 pixels per side, one synthetic image per natural one
 in pre-training, the latent mean at evaluation). Batch 128 natural images per step with 2
-synthetic per natural (the authors' code). The paper trains up to 50,000 epochs; the default here is 2,000. The
-synthetic sets have the paper's Syn-PC sizes (3,152 training, 792 test images).
+synthetic per natural (the authors' code). The paper trains up to 50,000 epochs; the default
+here is 2,000. The synthetic sets have the paper's Syn-PC sizes (3,152 training, 792 test
+images).
 
 Natural images: without `--config.twinvae.natural_train_csv=.../train.csv
 --config.twinvae.natural_test_csv=.../test.csv` (CHO-K1, pub.uni-bielefeld.de record 2960030)
@@ -27,7 +28,8 @@ the natural twin trains on a second synthetic domain standing in for natural ima
 and report.json say so). The best checkpoint is chosen on the natural twin's MAE over 10% of
 its labeled training images, held out (`twinvae.select_on="test"` selects on the test images,
 as the paper's tables did); evaluation samples the latent from a fixed key, as the authors'
-code samples it (`twinvae.sample_at_eval=False` counts from its mean). The backgrounds come from `../shared/data/twinvae` when present.
+code samples it (`twinvae.sample_at_eval=False` counts from its mean). The backgrounds come
+from `../shared/data/twinvae` when present.
 Choices the paper leaves open: the noise amplitude (0.02), one summed update for both twins per
 step (the authors' code alternates whole epochs of each), bias initialisation (zero) in `paper`.
 """

@@ -23,6 +23,7 @@ ARGUMENTS = {
   "cpe_demux": ("runlocal",),
   "cpe_multitask": ("runlocal", "mux"),
   "cpe_single": ("runlocal",),
+  "cxr_vgg": ("vgg19", "ft0", "runlocal"),
   "pathnet_ecg": ("runlocal", "inter_patient", "ds1_ds2", "aami", "paper"),
   "pathnet_joint": ("runlocal", "inter_patient"),
   "pathnet_pneumonia": ("runlocal",),
@@ -31,6 +32,11 @@ ARGUMENTS = {
   "twinvae_bf": ("paper", "runlocal"),
   "twinvae_pc": ("paper", "runlocal"),
   "twinvae_transfer": ("to_pc", "paper", "runlocal"),
+}
+# Configs whose arguments are not all combinable (one network, one degree): everything declared.
+DECLARED = {
+  "cxr_vgg": "vgg16, vgg19, ft0, ft1, ft2, ft3, ft4, ft5, runlocal, fold=<int> (default 0), "
+  "weights=<str> (default )",
 }
 
 # Arguments that exclude each other (two test protocols): loading both is an error.
@@ -99,7 +105,7 @@ def test_unknown_argument_is_one_line_listing_the_known_ones(name):
   # ml_collections puts the traceback before the error; its last line is the one to print.
   assert str(error.value).splitlines()[-1] == (
     "ValueError: unknown config argument 'no_such_argument'; known arguments: "
-    + ", ".join(ARGUMENTS[name]) + OPTIONS.get(name, "")
+    + DECLARED.get(name, ", ".join(ARGUMENTS[name]) + OPTIONS.get(name, ""))
   )
 
 

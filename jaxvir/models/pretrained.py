@@ -109,7 +109,8 @@ def load_pretrained(
     dtype: compute dtype.
     rngs: random streams for the fresh head and dropout (default `nnx.Rngs(0)`).
     **model_kwargs: further arguments of the architecture's factory, e.g. `remat=True`, or
-      VGG's `dropout=0.5` (architecture and variant come from the conversion).
+      VGG's `dropout=0.5` (architecture and variant come from the conversion; a `variant`
+      given here must be the conversion's).
 
   Returns:
     `(model, preprocess)`: the model in eval mode, and the source's preprocessing of uint8
@@ -137,6 +138,13 @@ def load_pretrained(
   metadata = json.loads(metadata_path.read_text())
   rngs = nnx.Rngs(0) if rngs is None else rngs
   unconverted = set(metadata.get("unconverted", ()))
+  # A config may name the variant too (to preprocess as its source does); it must agree.
+  variant = model_kwargs.pop("variant", metadata["variant"])
+  if variant != metadata["variant"]:
+    raise ValueError(
+      f"model.kwargs.variant={variant!r}, but {directory} holds {metadata['variant']} weights; "
+      f"set model.kwargs.variant={metadata['variant']!r} or convert {variant} weights"
+    )
 
   def create(rngs):
     return registry.create(

@@ -76,13 +76,13 @@ class Block(nnx.Module):
 
 
 class Classifier(nnx.Module):
-  """Adaptive 7x7 average pooling, H,W,C flattening, fc1 and fc2 with ReLU, each followed by
-  dropout at rate `dropout` (no dropout layers at rate 0)."""
+  """Adaptive 7x7 average pooling, H,W,C flattening, fc1 and fc2 (`hidden` units) with ReLU,
+  each followed by dropout at rate `dropout` (no dropout layers at rate 0)."""
 
-  def __init__(self, *, dropout: float, dtype, rngs: nnx.Rngs):
+  def __init__(self, *, hidden: int, dropout: float, dtype, rngs: nnx.Rngs):
     in_features = POOLED_SIZE * POOLED_SIZE * BLOCK_WIDTHS[-1]
-    self.fc1 = layers.linear(in_features, HIDDEN, dtype=dtype, rngs=rngs)
-    self.fc2 = layers.linear(HIDDEN, HIDDEN, dtype=dtype, rngs=rngs)
+    self.fc1 = layers.linear(in_features, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = layers.linear(hidden, hidden, dtype=dtype, rngs=rngs)
     self.dropout1 = nnx.Dropout(dropout, rngs=rngs) if dropout else None
     self.dropout2 = nnx.Dropout(dropout, rngs=rngs) if dropout else None
 
@@ -116,11 +116,14 @@ class VGG(layers.Staged):
     num_classes: int | None,
     variant: str,
     dropout: float,
+    hidden: int,
     dtype,
     remat: bool,
     rngs: nnx.Rngs,
   ):
     check_variant(variant)
+    if hidden <= 0:
+      raise ValueError(f"hidden={hidden!r}: expected a positive number of units")
     if not 0 <= dropout < 1:
       raise ValueError(f"dropout={dropout!r}: expected a rate in [0, 1)")
     self.variant = variant
@@ -140,8 +143,8 @@ class VGG(layers.Staged):
       )
       setattr(self, f"block{index + 1}", block)
       in_features = width
-    self.classifier = Classifier(dropout=dropout, dtype=dtype, rngs=rngs)
-    self.num_features = HIDDEN
+    self.classifier = Classifier(hidden=hidden, dropout=dropout, dtype=dtype, rngs=rngs)
+    self.num_features = hidden
     self.replace_head(num_classes, rngs=rngs)
     blocks = tuple(f"block{i}" for i in range(1, len(block_convs) + 1))
     self.stage_names = blocks + ("classifier", "head")
@@ -183,6 +186,7 @@ def _factory(arch: str, batch_norm: bool):
     dtype=jnp.float32,
     variant: str = "torchvision",
     dropout: float | None = None,
+    hidden: int = HIDDEN,
     remat: bool = False,
   ) -> VGG:
     if variant not in variants:
@@ -196,6 +200,7 @@ def _factory(arch: str, batch_norm: bool):
       num_classes=num_classes,
       variant=variant,
       dropout=DROPOUT[variant] if dropout is None else dropout,
+      hidden=hidden,
       dtype=dtype,
       remat=remat,
       rngs=rngs,
@@ -211,6 +216,8 @@ def _factory(arch: str, batch_norm: bool):
     variant: one of {variants}; sets the preprocessing and the default dropout.
     dropout: rate of the dropout after fc1 and fc2; None for the variant's own (torchvision
       0.5, Keras none). Active in training mode only.
+    hidden: units of fc1 and fc2; converted weights with fc1 and fc2 need 4096, a "notop"
+      conversion (fresh fc1 and fc2) or random weights take any width.
     remat: rematerialise each convolution block in the backward pass to save memory.
 
   Returns:

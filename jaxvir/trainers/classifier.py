@@ -47,6 +47,10 @@ from jaxvir.trainers import registry
 
 log = logging.getLogger("jaxvir")
 
+# Each evaluated split's labels and probabilities, beside report.json: a study averages the
+# probabilities of its fold models (jaxvir.sweep).
+PREDICTIONS_FILE = "predictions_{split}.npz"
+
 # Shapes only: restoring a run never needs its initial values.
 _SHAPE_KEYS = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
 
@@ -304,6 +308,12 @@ def train(run: run_lib.Run) -> dict:
 
   # Optimizer: rebuilt (and the step recompiled) only when a thaw phase begins.
   rules = freeze_rules(config)
+  if rules.patterns and config.model.pretrained is None:
+    log.warning(
+      "model.pretrained is not set: the frozen layers of %s keep their RANDOM initial weights; "
+      "convert ImageNet weights with `python -m jaxvir.convert` and set model.pretrained",
+      config.model.name,
+    )
   schedule = optim.make_schedule(
     config.optim, steps_per_epoch=steps_per_epoch, total_steps=total_steps
   )
@@ -536,10 +546,12 @@ def predict_images(run: Restored, images: np.ndarray) -> np.ndarray:
 
 
 def report_split(run: Restored, split: str, *, workdir: pathlib.Path | None) -> dict:
-  """Evaluates `split` and, with a workdir, writes its `report.json` and plots."""
+  """Evaluates `split` and, with a workdir, writes its `report.json` entry, plots and
+  `predictions_<split>.npz` (`labels`, `probs`)."""
   metrics, labels, probs = predict_split(run, split)
   if workdir is None:
     return metrics
+  np.savez(workdir / PREDICTIONS_FILE.format(split=split), labels=labels, probs=probs)
   spec = head_spec(run.config)
   if spec is not None:
     return report_multihead(run, spec, split, labels, probs, workdir=workdir)
@@ -722,6 +734,25 @@ def write_grad_cam_figures(run: Restored, split: str, directory: pathlib.Path) -
   )
 
 
+# Data fields that choose splits or reading, not images: the feature table covers every record
+# of the source, so the folds of a study (and its groups with the same frozen prefix) share it.
+_SPLIT_FIELDS = ("val_fraction", "test_fraction", "split_by", "test_groups", "num_folds", "fold",
+                 "balance", "num_workers", "num_threads", "cache_dir")  # fmt: skip
+
+
+def feature_cache_path(config, dataset, stage: str, frozen_leaves) -> pathlib.Path:
+  """The disk file of a frozen-prefix feature table, keyed by what shapes its contents: the
+  images (source, labels, preprocessing, augmentation variants), the model, the stage and the
+  frozen weights; not by the split or fold."""
+  data_fields = {k: v for k, v in config.data.to_dict().items() if k not in _SPLIT_FIELDS}
+  key = prefix_cache.cache_key(
+    config.model.name, config.model.pretrained, config.model.dtype, config.model.kwargs.to_dict(),
+    stage,
+    dataset.source.description, np.asarray(dataset.source.labels), data_fields, *frozen_leaves,
+  )
+  return pathlib.Path(config.cache.dir).expanduser() / f"{config.model.name}-{stage}-{key}.npy"
+
+
 def cached_training(config, dataset, state, eval_graphdef, labels, abstract_model):
   """The data set of frozen-prefix features and the forward functions that read them.
 
@@ -750,12 +781,8 @@ def cached_training(config, dataset, state, eval_graphdef, labels, abstract_mode
 
   path = None
   if config.cache.frozen_prefix == "disk":
-    key = prefix_cache.cache_key(
-      config.model.name, config.model.pretrained, stage, dataset.description,
-      config.data.to_json_best_effort(), *jax.tree.leaves(
-        jax.tree.map(lambda p, label: p if label == optim.FROZEN else 0, state.params, labels)),
-    )
-    path = pathlib.Path(config.cache.dir).expanduser() / f"{config.model.name}-{stage}-{key}.npy"
+    frozen = jax.tree.map(lambda p, label: p if label == optim.FROZEN else 0, state.params, labels)
+    path = feature_cache_path(config, dataset, stage, jax.tree.leaves(frozen))
   train_data = prefix_cache.cached_dataset(
     dataset, prefix_fn, batch_size=config.eval.batch_size, path=path
   )

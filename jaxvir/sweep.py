@@ -1,0 +1,414 @@
+"""Sweeps: a grid over config arguments and fields, one workdir per run, and the study table.
+
+A grid is a list of axes; each axis a list of items; a grid point takes one item of every axis.
+An item is a config argument (`vgg16`, `fold=3`) or, when its name has a dot, a config field
+(`optim.learning_rate=1e-4`, `data.fold=2`, `config.seed=1`). Every point's config is built
+and validated before any run starts, so a grid naming an unknown argument or field fails at
+once.
+
+Each point runs in `root/<name>`, its items joined by `_` (`vgg16_ft2_fold-3`); rerunning a
+sweep skips runs whose `report.json` has every split of `eval.splits` and resumes the others
+from their checkpoints (the run core does). A run that fails is listed with its one-line cause
+and the others go on.
+
+The study table groups the runs by every item but the fold (`fold=k` or `data.fold=k`): per
+group, the mean and standard deviation over folds of the validation figures, the best group by
+the mean validation loss over folds (never by the test set), and the test figures of the
+ensemble of the group's fold models (the mean of their test probabilities) with bootstrap
+intervals.
+
+Example:
+
+  >>> points = expand("configs/cxr_vgg.py:runlocal",  # doctest: +SKIP
+  ...                 [["vgg16", "vgg19"], ["ft0", "ft2"], ["fold=0", "fold=1"]])
+  >>> outcomes = run_local(points, "runs/cxr_study")  # doctest: +SKIP
+  >>> table = study_table(points, "runs/cxr_study")  # doctest: +SKIP
+"""
+
+import ast
+import dataclasses
+import importlib.util
+import itertools
+import logging
+import math
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from jaxvir import config as config_lib
+from jaxvir import metrics, report
+from jaxvir.errors import ConfigError, WorkdirError
+
+log = logging.getLogger("jaxvir")
+
+FOLD_NAMES = ("fold", "data.fold")
+FIGURES = (("accuracy", "accuracy"), ("sensitivity", "recall"), ("specificity", "specificity"),
+           ("auc", "roc_auc"))  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One run of a grid.
+
+  Attributes:
+    index: its position in the grid (what `--index` selects).
+    items: its grid items, in axis order (`("vgg16", "ft2", "fold=3")`).
+    name: its workdir name under the sweep's root.
+    group: its name without the fold item (the runs a study averages).
+    config: its validated config.
+  """
+
+  index: int
+  items: tuple[str, ...]
+  name: str
+  group: str
+  config: ml_collections.ConfigDict
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """What happened to one point: `status` is "finished", "skipped" or "failed"."""
+
+  point: Point
+  status: str
+  cause: str = ""
+
+
+def _is_field(item: str) -> bool:
+  return "." in item.partition("=")[0]  # top-level fields are written `config.seed=1`
+
+
+def _is_fold(item: str) -> bool:
+  return item.partition("=")[0].strip().removeprefix("config.") in FOLD_NAMES
+
+
+def _dir_name(items: Sequence[str]) -> str:
+  text = "_".join(item.strip().removeprefix("config.").replace("=", "-") for item in items)
+  return "".join(char if char.isalnum() or char in "-_.+" else "_" for char in text) or "base"
+
+
+def load_config_fn(path: str | pathlib.Path) -> Callable[[str | None], ml_collections.ConfigDict]:
+  """The `get_config` of a config file, loaded as `scripts/train.py --config` loads it."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f"--config: {path} does not exist; give a configs/*.py file")
+  spec = importlib.util.spec_from_file_location(f"jaxvir_sweep_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config
+
+
+def set_field(config: ml_collections.ConfigDict, field: str, text: str) -> None:
+  """Sets the dotted `field` of `config` from text, read as a Python literal where it is one.
+
+  Raises:
+    ConfigError: the field does not exist or the value has the wrong type.
+  """
+  field = field.strip().removeprefix("config.")
+  *parents, leaf = field.split(".")
+  node = config
+  for name in parents:
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      raise ConfigError(f"config.{field}: there is no field {name!r}; check the name")
+    node = node[name]
+  if not isinstance(node, ml_collections.ConfigDict) or (leaf not in node and node.is_locked):
+    raise ConfigError(f"config.{field}: there is no such field; check the name")
+  current = node.get(leaf)
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if isinstance(current, str) and not isinstance(value, str):
+    value = text  # a string field takes the text as it is: `data.dir=2026`
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  try:
+    node[leaf] = value
+  except (TypeError, ValueError) as error:
+    raise ConfigError(f"config.{field}={text!r}: {error}") from None
+
+
+def expand(
+  config_spec: str, axes: Sequence[Sequence[str]], *, overrides: Sequence[str] = ()
+) -> list[Point]:
+  """Every point of the grid, each with its config built and validated.
+
+  Args:
+    config_spec: `configs/NAME.py[:ARGS]`; ARGS are given to every point.
+    axes: the grid: one sequence of items per axis.
+    overrides: `field=value` items applied to every point after its grid items' arguments.
+
+  Returns:
+    The points in grid order (the last axis varies fastest).
+
+  Raises:
+    ConfigError: an axis is empty, an item is malformed, or a point's config does not build
+      or validate; the message names the point.
+  """
+  path, _, base = config_spec.partition(":")
+  get_config = load_config_fn(path)
+  for item in overrides:
+    if "=" not in item:
+      raise ConfigError(f"--set {item!r}: write FIELD=VALUE, e.g. data.dir=/data/cxr")
+  for axis in axes:
+    if not axis:
+      raise ConfigError("a grid axis is empty; give at least one item per axis")
+    for item in axis:
+      if not item.strip() or (_is_field(item) and "=" not in item):
+        raise ConfigError(f"grid item {item!r}: write an argument (vgg16, fold=3) or a field "
+                          "with its value (optim.learning_rate=1e-4)")  # fmt: skip
+  points, names = [], set()
+  for index, items in enumerate(itertools.product(*axes)):
+    arguments = [base] + [item for item in items if not _is_field(item)]
+    fields = [item for item in items if _is_field(item)]
+    where = f"grid point {index} ({', '.join(items) or 'no items'})"
+    try:
+      config = get_config(",".join(argument for argument in arguments if argument) or None)
+      for item in (*overrides, *fields):
+        field, _, text = item.partition("=")
+        set_field(config, field, text)
+      config_lib.validate(config)
+    except (ValueError, KeyError, AttributeError, TypeError) as error:
+      raise ConfigError(f"{where}: {error}") from None
+    name = _dir_name(items)
+    if name in names:
+      raise ConfigError(f"{where}: two grid points share the workdir name {name!r}")
+    names.add(name)
+    group = _dir_name([item for item in items if not _is_fold(item)])
+    points.append(Point(index=index, items=tuple(items), name=name, group=group, config=config))
+  return points
+
+
+def is_finished(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
+  """Whether `workdir`'s report has an entry for every split of `config.eval.splits`."""
+  try:
+    splits = report.read(workdir)["splits"]
+  except (FileNotFoundError, ValueError):
+    return False
+  return all(split in splits for split in config.eval.splits)
+
+
+def one_line(error: BaseException) -> str:
+  """`Type: first line of the message`, as a failed run's cause."""
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def run_local(
+  points: Sequence[Point],
+  root: str | pathlib.Path,
+  *,
+  train_fn: Callable[..., Any] | None = None,
+  accept_changes: bool = False,
+) -> list[Outcome]:
+  """Runs the points one after another in this process, each in `root/<point.name>`.
+
+  Finished runs are skipped; the others start or resume. A run that raises is recorded with
+  its one-line cause (the traceback goes to the debug log) and the next one starts.
+
+  Args:
+    points: from `expand`.
+    root: the sweep's directory.
+    train_fn: `(config, workdir, *, accept_changes)`; default `jaxvir.train.train_and_evaluate`.
+    accept_changes: passed on (resume although the config changed).
+
+  Returns:
+    One `Outcome` per point.
+  """
+  if train_fn is None:
+    from jaxvir import train  # noqa: PLC0415  (imports every trainer; only running needs it)
+
+    train_fn = train.train_and_evaluate
+  root = pathlib.Path(root)
+  outcomes = []
+  for number, point in enumerate(points, 1):
+    workdir = root / point.name
+    if is_finished(workdir, point.config):
+      log.info("sweep %d/%d: %s is finished, skipped", number, len(points), point.name)
+      outcomes.append(Outcome(point, "skipped"))
+      continue
+    log.warning("sweep %d/%d: %s", number, len(points), point.name)
+    try:
+      train_fn(point.config, workdir, accept_changes=accept_changes)
+    except Exception as error:  # noqa: BLE001  (one failed run must not stop the study)
+      log.debug("%s failed", point.name, exc_info=True)
+      log.error("sweep: %s FAILED: %s", point.name, one_line(error))
+      outcomes.append(Outcome(point, "failed", one_line(error)))
+    else:
+      outcomes.append(Outcome(point, "finished"))
+  return outcomes
+
+
+# The study table.
+
+
+def _per_class(entry_metrics: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+  """Each class's one-vs-rest accuracy, sensitivity, specificity and AUC of a report entry."""
+  confusion = np.asarray(entry_metrics["confusion_matrix"])
+  total = confusion.sum()
+  figures = {}
+  for index, name in enumerate(entry_metrics["class_names"]):
+    wrong = confusion[index].sum() + confusion[:, index].sum() - 2 * confusion[index, index]
+    per_class = entry_metrics["per_class"][name]
+    figures[name] = {
+      "accuracy": float(1 - wrong / total),
+      "sensitivity": per_class["recall"],
+      "specificity": per_class["specificity"],
+      "auc": per_class["roc_auc"],
+    }
+  return figures
+
+
+def _predictions(workdir: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+  from jaxvir.trainers import classifier  # noqa: PLC0415
+
+  path = workdir / classifier.PREDICTIONS_FILE.format(split=split)
+  if not path.is_file():
+    raise WorkdirError(f"{path} is missing; write it with python scripts/evaluate.py "
+                       f"--workdir {workdir} --split {split}")  # fmt: skip
+  with np.load(path) as file:
+    return file["labels"], file["probs"]
+
+
+def _log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+  picked = probs[np.arange(len(labels)), labels]
+  return float(-np.mean(np.log(np.clip(picked, 1e-12, None))))
+
+
+def _mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+  defined = [value for value in values if value is not None and not math.isnan(value)]
+  if not defined:
+    return None, None
+  return float(np.mean(defined)), float(np.std(defined, ddof=1)) if len(defined) > 1 else 0.0
+
+
+def study_table(
+  points: Sequence[Point],
+  root: str | pathlib.Path,
+  *,
+  val_split: str = "val",
+  test_split: str = "test",
+) -> tuple[list[dict[str, Any]], list[str]]:
+  """Per group: validation figures over folds, and its fold ensemble's test figures.
+
+  Args:
+    points: the sweep's points (`expand`).
+    root: the sweep's directory.
+    val_split: the split each fold validates on.
+    test_split: the held-out split every fold model predicts.
+
+  Returns:
+    `(rows, missing)`: one row per group with at least one finished run, in grid order, with
+    `group`, `folds` (finished runs), `best` (True for the group with the lowest mean
+    validation loss), `val_loss_mean`/`_sd`, for each class `val_<class>_<figure>_mean`/`_sd`
+    (figure: accuracy, sensitivity, specificity, auc), and the ensemble's `test_accuracy`
+    (with `_low`/`_high`), `test_<class>_<figure>` and, for sensitivity and specificity,
+    `_low`/`_high`; and one "run: cause" line per point whose results could not be read.
+  """
+  root = pathlib.Path(root)
+  groups: dict[str, list[Point]] = {}
+  for point in points:
+    groups.setdefault(point.group, []).append(point)
+  rows, missing = [], []
+  for group, members in groups.items():
+    val_losses, val_figures, test_probs, test_labels, class_names = [], [], [], None, None
+    for point in members:
+      workdir = root / point.name
+      try:
+        splits = report.read(workdir)["splits"]
+        if val_split not in splits or test_split not in splits:
+          raise WorkdirError(f"report.json has no {val_split!r} or {test_split!r} entry")
+        entry = splits[val_split]["metrics"]
+        labels, probs = _predictions(workdir, val_split)
+        fold_test_labels, fold_test_probs = _predictions(workdir, test_split)
+      except (OSError, ValueError, KeyError, WorkdirError) as error:
+        missing.append(f"{point.name}: {one_line(error)}")
+        continue
+      if test_labels is not None and not np.array_equal(test_labels, fold_test_labels):
+        missing.append(f"{point.name}: its test split differs from its group's other folds")
+        continue
+      class_names = entry["class_names"]
+      test_labels = fold_test_labels
+      val_losses.append(_log_loss(labels, probs))
+      val_figures.append(_per_class(entry))
+      test_probs.append(fold_test_probs)
+    if not val_losses:
+      continue
+    row: dict[str, Any] = {"group": group, "folds": len(val_losses), "best": False}
+    row["val_loss_mean"], row["val_loss_sd"] = _mean_sd(val_losses)
+    for name in class_names:
+      for figure, _ in FIGURES:
+        mean, sd = _mean_sd([fold[name][figure] for fold in val_figures])
+        row[f"val_{name}_{figure}_mean"], row[f"val_{name}_{figure}_sd"] = mean, sd
+    ensemble = metrics.classification_report(
+      test_labels, np.mean(test_probs, axis=0), class_names=class_names
+    )
+    row["test_n"] = ensemble["num_samples"]
+    row["test_accuracy"] = ensemble["accuracy"]
+    row["test_accuracy_low"], row["test_accuracy_high"] = ensemble["ci"]["accuracy"]
+    for name, figures in _per_class(ensemble).items():
+      for figure, key in FIGURES:
+        row[f"test_{name}_{figure}"] = figures[figure]
+        if key in ("recall", "specificity"):
+          low, high = ensemble["per_class"][name]["ci"][key]
+          row[f"test_{name}_{figure}_low"], row[f"test_{name}_{figure}_high"] = low, high
+    rows.append(row)
+  if rows:
+    min(rows, key=lambda row: row["val_loss_mean"])["best"] = True
+  return rows, missing
+
+
+def _number(value: float | None) -> str:
+  return "-" if value is None else f"{value:.3f}"
+
+
+def markdown_tables(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The study table as Markdown: validation (mean ± sd over folds), then the test ensembles."""
+  if not rows:
+    return "No finished runs.\n"
+  classes = [key.removeprefix("test_").removesuffix("_accuracy") for key in rows[0]
+             if key.startswith("test_") and key.endswith("_accuracy")
+             and key != "test_accuracy"]  # fmt: skip
+  figures = [figure for figure, _ in FIGURES]
+
+  def table(header, lines):
+    text = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join(text + ["| " + " | ".join(line) + " |" for line in lines])
+
+  val_header = ["group", "folds", "val loss"] + [f"{c} {f}" for c in classes for f in figures]
+  val_lines = []
+  for row in rows:
+    name = f"**{row['group']}** (best)" if row["best"] else row["group"]
+    line = [name, str(row["folds"]),
+            f"{_number(row['val_loss_mean'])} ± {_number(row['val_loss_sd'])}"]  # fmt: skip
+    for c in classes:
+      for f in figures:
+        line.append(f"{_number(row[f'val_{c}_{f}_mean'])} ± {_number(row[f'val_{c}_{f}_sd'])}")
+    val_lines.append(line)
+
+  test_header = ["group", "n", "accuracy"] + [f"{c} {f}" for c in classes for f in figures]
+  test_lines = []
+  for row in rows:
+    name = f"**{row['group']}** (best)" if row["best"] else row["group"]
+    line = [name, str(row["test_n"]), _interval(row, "test_accuracy")]
+    for c in classes:
+      for f in figures:
+        line.append(_interval(row, f"test_{c}_{f}"))
+    test_lines.append(line)
+  return (
+    "### Validation folds (mean ± sd over folds)\n\n"
+    + table(val_header, val_lines)
+    + "\n\n### Test set (ensemble of each group's fold models, 95% bootstrap intervals)\n\n"
+    + table(test_header, test_lines)
+    + "\n"
+  )
+
+
+def _interval(row: Mapping[str, Any], key: str) -> str:
+  text = _number(row[key])
+  if f"{key}_low" in row:
+    text += f" [{_number(row[f'{key}_low'])}, {_number(row[f'{key}_high'])}]"
+  return text
