@@ -17,6 +17,11 @@ and the test figures of the group's fold ensemble with bootstrap intervals.
   --table_only  writes the table from the runs already in ROOT
 """
 
+if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
+  from jaxvir import allocator
+
+  allocator.use_preferred()
+
 import argparse
 import csv
 import pathlib
