@@ -68,11 +68,7 @@ tx = optim.make_optimizer(optim_config, schedule=optax.constant_schedule(1e-3), 
 
 
 def init_state():
-  _, _, params, batch_stats, rest = steps.split_model(create())
-  return steps.TrainState(
-    step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, rest=rest,
-    opt_state=tx.init(params), lr_scale=jnp.ones((), jnp.float32),
-  )
+  return steps.initial_state(create(), tx)
 
 
 mesh = parallel.make_mesh()

@@ -263,11 +263,7 @@ def make_classifier(args, mesh) -> Classifier:
   tx = optim.make_optimizer(optim_config, schedule=optax.constant_schedule(1e-3), labels=labels)
 
   def init_state():
-    _, _, params, batch_stats, rest = steps.split_model(create())
-    return steps.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, rest=rest,
-      opt_state=tx.init(params), lr_scale=jnp.ones((), jnp.float32),
-    )
+    return steps.initial_state(create(), tx)
 
   replicated = parallel.replicated(mesh)
   state_sharding = jax.tree.map(lambda _: replicated, jax.eval_shape(init_state))

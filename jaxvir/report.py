@@ -167,7 +167,7 @@ def write_classification(
   Example:
     >>> entry = write_classification("runs/cxr", labels=labels, probs=probs,  # doctest: +SKIP
     ...                              class_names=["covid", "normal"], split="test",
-    ...                      extra={"checkpoint_step": 1200})
+    ...                              extra={"checkpoint_step": 1200})
   """
   _check_split_and_extra(split, extra)
   workdir = pathlib.Path(workdir)
@@ -339,7 +339,7 @@ def write_counting(
 
   Example:
     >>> entry = write_counting("runs/twinvae", true_counts=counts,  # doctest: +SKIP
-    ...                            predicted_counts=outputs, split="nat_test")
+    ...                        predicted_counts=outputs, split="natural_test")
   """
   _check_split_and_extra(split, extra)
   workdir = pathlib.Path(workdir)

@@ -60,6 +60,19 @@ def split_model(model: nnx.Module, *, freeze_batch_stats: bool = False):
   return train_graphdef, eval_graphdef, params, batch_stats, rest
 
 
+def initial_state(model: nnx.Module, tx: optax.GradientTransformation) -> TrainState:
+  """A fresh `TrainState` of `model` for the optimizer `tx`: step 0, learning-rate scale 1.
+
+  Example:
+    >>> state = initial_state(model, optax.sgd(0.1))  # doctest: +SKIP
+  """
+  _, _, params, batch_stats, rest = split_model(model)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, rest=rest,
+    opt_state=tx.init(params), lr_scale=jnp.ones((), jnp.float32),
+  )
+
+
 def zero_sums(names: tuple[str, ...], *, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """Accumulators for per-step metric sums, replicated on the steps' `mesh`.
 

@@ -324,11 +324,8 @@ def train(run: run_lib.Run) -> dict:
     tx = optim.make_optimizer(config.optim, schedule=schedule, labels=labels)
 
     def init_state(model_keys):
-      model = create_model(config, num_classes=num_outputs, keys=model_keys)
-      _, _, params, batch_stats, rest = steps.split_model(model)
-      return steps.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, rest=rest,
-        opt_state=tx.init(params), lr_scale=jnp.ones((), jnp.float32),
+      return steps.initial_state(
+        create_model(config, num_classes=num_outputs, keys=model_keys), tx
       )
 
     abstract_state = jax.eval_shape(init_state, keys)
