@@ -235,6 +235,11 @@ class Progress:
     self._bar.update()
     return self.step
 
+  def restart_clock(self) -> None:
+    """Starts the next interval now, so that time spent outside the steps (evaluation,
+    checkpoints) does not count against the images/s of the next log line."""
+    self._since, self._since_step = time.perf_counter(), self.step
+
   def due(self, step: int) -> bool:
     """Whether `step` ends a logging interval (or the run)."""
     return step % self.every == 0 or step == self.total

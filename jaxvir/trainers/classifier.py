@@ -400,6 +400,7 @@ def train(run: run_lib.Run) -> dict:
       state = state.replace(opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(
         state.params))
     start = time.perf_counter()
+    progress.restart_clock()
     for _ in range(steps_per_epoch):
       state, sums = train_step(state, sums, parallel.shard_batch(next(train_iterator), mesh))
       step = progress.advance()

@@ -220,6 +220,7 @@ def train(run: run_lib.Run) -> dict:
     syn_idx = index_batches(rng, len(splits["synthetic_train"]["count"]), syn_batch,
                             steps_per_epoch)  # fmt: skip
     started, sums = time.perf_counter(), None
+    progress.restart_clock()
     for i in range(steps_per_epoch):
       batch = {
         f"{d}_{field}": splits[f"{d}_train"][field][idx[i]]
