@@ -1,19 +1,19 @@
 """CPE DEMUX-single (Chen et al. 2021): one single model per cell line, combined by its known line.
 
-Each run is a ResNet-50 single model over one cell line's classes (MDCK: 3, MK2: 4, RD: 2),
-reading `DIR/<line>/<class>/`; `scripts/cpe_demux.py` then routes every run's test images to
-its own model and writes one 9-class report:
+One command trains, in one workdir, a ResNet-50 single model per cell line over its own classes
+(MDCK: 3, MK2: 4, RD: 2) in `WORKDIR/<cell line>/`, each reading `DIR/<line>/<class>/`, then
+routes every line's test images to its own model and writes one 9-class `WORKDIR/report.json`
+with each cell line's accuracy (`config.trainer="demux"`, `jaxvir.trainers.demux`). Killed, the
+same command skips the finished cell lines and resumes the current one:
 
-  python scripts/train.py --config configs/cpe_demux.py:line=MDCK --workdir runs/cpe_MDCK \
-    --config.data.dir=DIR/MDCK --config.model.pretrained=weights/resnet50_tv
-  (likewise line=MK2 and line=RD)
-  python scripts/cpe_demux.py --out runs/cpe_demux MDCK=runs/cpe_MDCK MK2=runs/cpe_MK2 \
-    RD=runs/cpe_RD
+  python scripts/train.py --config configs/cpe_demux.py --workdir runs/cpe_demux \
+    --config.data.dir=/path/to/photos --config.model.pretrained=weights/resnet50_tv
 
-Arguments: `line=` (MDCK, MK2 or RD; default MDCK) and `runlocal` (a small CNN on the embedded
-monolayers of that line, a few minutes on a CPU):
+Arguments: `runlocal` (a small CNN on the embedded monolayers, a few minutes on a CPU),
+`small_data` (the paper's small-data variant) and `flip_first` (the paper's flip-then-split
+order):
 
-  python scripts/train.py --config configs/cpe_demux.py:runlocal,line=MK2 --workdir runs/cpe_MK2
+  python scripts/train.py --config configs/cpe_demux.py:runlocal --workdir runs/cpe_demux
 
 The protocol and our choices where the paper is silent are in `jaxvir.cpe_experiments`.
 """
@@ -22,5 +22,5 @@ from jaxvir import config_args, cpe_experiments
 
 
 def get_config(arg=None):
-  args = config_args.parse(arg, flags=("runlocal",), options={"line": "MDCK"})
-  return cpe_experiments.cpe_config(multitask=False, runlocal=args.runlocal, line=args.line)
+  args = config_args.parse(arg, flags=("runlocal", "small_data", "flip_first"))
+  return cpe_experiments.cpe_config(demux=True, **vars(args))

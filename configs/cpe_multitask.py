@@ -14,6 +14,9 @@ head) over the 9 classes, each cell line's accuracy and each head's own report. 
 - `mux`: MUX is the headline `test` entry and the fusion goes to `fusion_test` (by default
   the fusion is `test` and MUX `mux_test`):
     python scripts/train.py --config configs/cpe_multitask.py:runlocal,mux
+- `small_data`: the paper's small-data variant (200 photos of each MK2 class, scaled to 80
+  with `runlocal`).
+- `flip_first`: the paper's order, flipped copies of every photo made before the split.
 
 The protocol and our choices where the paper is silent are in `jaxvir.cpe_experiments`.
 """
@@ -22,5 +25,5 @@ from jaxvir import config_args, cpe_experiments
 
 
 def get_config(arg=None):
-  args = config_args.parse(arg, flags=("runlocal", "mux"))
-  return cpe_experiments.cpe_config(multitask=True, runlocal=args.runlocal, mux=args.mux)
+  args = config_args.parse(arg, flags=("runlocal", "mux", "small_data", "flip_first"))
+  return cpe_experiments.cpe_config(multitask=True, **vars(args))

@@ -37,6 +37,10 @@ _COMPARED_METRICS = {
   ),
 }
 
+# The decision rule of a classification entry without one: the argmax of one softmax.
+PLAIN_DECISION = "argmax"
+# The row columns of each cell line's accuracy (CPE rules), by cell line name.
+LINE_PREFIX = "cell_line_accuracy_"
 
 
 def _chosen_splits(report: Mapping[str, Any], split: str | None, workdir: pathlib.Path) -> list:
@@ -72,7 +76,9 @@ def compare_runs(
   Returns:
     `(rows, skipped)`: rows with `run` (the directory name), `split`, `task`, `num_samples`,
     the config fields, and for each metric its value and, where the report has one,
-    `<metric>_low` and `<metric>_high`; and one "workdir: cause" line per skipped run.
+    `<metric>_low` and `<metric>_high`; classification rows also `decision` (the entry's rule:
+    "fusion", "mux", "demux", or "argmax" for one softmax) and, for the CPE rules,
+    `cell_line_accuracy_<cell line>`; and one "workdir: cause" line per skipped run.
 
   Example:
     >>> rows, skipped = compare_runs(["runs/vgg16_ft0", "runs/vgg16_ft5"])  # doctest: +SKIP
@@ -100,6 +106,10 @@ def compare_runs(
         value = lookup(config, field.split("."))
         row[field] = json.dumps(value) if isinstance(value, list | dict) else value
       row["num_samples"] = entry["metrics"].get("num_samples")
+      if task == "classification":
+        row["decision"] = entry.get("decision", PLAIN_DECISION)
+        for line, accuracy in entry.get("cell_line_accuracy", {}).items():
+          row[f"{LINE_PREFIX}{line}"] = accuracy
       for column, _, value_path, interval_path in _COMPARED_METRICS[task]:
         row[column] = lookup(entry["metrics"], value_path)
         if interval_path is not None:
@@ -126,7 +136,9 @@ def comparison_table(
   """Header and formatted cells of `compare_runs` rows, intervals as "value [low, high]".
 
   Rows of different tasks are not mixed: the metric columns are those of the first row's
-  task, and `compare_runs` callers group rows by task first.
+  task, and `compare_runs` callers group rows by task first. Where a decision rule other than
+  the argmax is among the rows (CPE: fusion, MUX, DEMUX), a `decision` column names each row's
+  rule and one column gives each cell line's accuracy.
 
   Args:
     rows: rows of one task from `compare_runs`.
@@ -144,13 +156,23 @@ def comparison_table(
   if len(tasks) != 1:
     raise ValueError(f"rows mix tasks {sorted(tasks)}; group them by task first.")
   compared = _COMPARED_METRICS[rows[0]["task"]]
-  header = ["run", *config_fields, "split", "n"] + [label for _, label, _, _ in compared]
+  # The decision and per-cell-line columns only where a rule other than the argmax is compared.
+  decisions = any(row.get("decision", PLAIN_DECISION) != PLAIN_DECISION for row in rows)
+  lines = list(dict.fromkeys(
+    key.removeprefix(LINE_PREFIX) for row in rows for key in row if key.startswith(LINE_PREFIX)
+  ))
+  header = ["run", *config_fields, "split", *(["decision"] if decisions else []), "n"]
+  header += [label for _, label, _, _ in compared]
+  header += ["accuracy " + " / ".join(lines)] if lines else []
   cells = []
   for row in rows:
-    line = [row["run"], *(_format_value(row.get(field)) for field in config_fields)]
-    line += [row["split"], _format_value(row["num_samples"])]
+    line = [row["run"], *(_format_value(row.get(field)) for field in config_fields), row["split"]]
+    line += [row["decision"]] if decisions else []
+    line.append(_format_value(row["num_samples"]))
     for column, _, _, _ in compared:
       line.append(_format_value(row[column], row.get(f"{column}_low"), row.get(f"{column}_high")))
+    if lines:
+      line.append(" / ".join(_format_value(row.get(f"{LINE_PREFIX}{name}")) for name in lines))
     cells.append(line)
   return header, cells
 

@@ -1,10 +1,11 @@
 """The CPE experiments of Chen et al. 2021 as configs: single, multi-task and per-line models.
 
 `configs/cpe_single.py`, `configs/cpe_multitask.py` and `configs/cpe_demux.py` call
-`cpe_config`. They read photos laid out `DIR/<cell line>/<class>/` (`--config.data.dir=DIR`; the
+`cpe_config` (arguments `runlocal`, `small_data`, `flip_first`; `mux` for the multi-task
+model). They read photos laid out `DIR/<cell line>/<class>/` (`--config.data.dir=DIR`; the
 folders must match `CELL_LINES`, or the run stops naming the missing and the extra classes) or,
 with `runlocal`, the embedded synthetic monolayers (`data.name="cpe_cells"`,
-`jaxvir.data.cpe_cells`); a per-line model reads `DIR/<line>/<class>/` or `cpe_cells_line`.
+`jaxvir.data.cpe_cells`).
 
 The paper's protocol, and where it is silent what we chose:
 
@@ -14,21 +15,26 @@ The paper's protocol, and where it is silent what we chose:
   `config.task.head_weights` to weigh them). Optimiser, rate and epochs are not given: Adam
   1e-4, 30 epochs, batch 32, best validation accuracy (fusion for the multi-task model).
 - Flips: the paper quadruples every photo by horizontal, vertical and both flips *before* its
-  60/20/20 split, so flipped copies of one photo land in different splits. We split by photo
-  (60/20/20, stratified) and flip at random while training (`data.augment.flip_*`), so no
-  test photo is seen in training (our deviation). On the embedded data the split is by well
-  (`data.split_by="group"`), whose photos share imaging and severity.
+  60/20/20 split, so flipped copies of one photo land in different splits. By default we split
+  by photo (60/20/20, stratified) and flip at random while training (`data.augment.flip_*`), so
+  no test photo is seen in training (our deviation). On the embedded data the split is by well
+  (`data.split_by="group"`), whose photos share imaging and severity. `flip_first=True` is the
+  paper's order: `data.flip_copies` makes the four copies of every photo first, then the split
+  is by copy (`split_by="example"`), without random flips.
+- Small data (`small_data=True`): the paper keeps 200 un-augmented photos of each MK2 class
+  against 2,000 images (500 photos quadrupled) of the others. We keep the first 200 photos of
+  each MK2 class (`data.class_limits`) and leave them un-copied with `flip_first`
+  (`data.flip_copies_except`); in the default order every training photo is flipped at random,
+  the MK2 ones too. `runlocal` scales the 200 by its photos per class: 200 * 200 / 500 = 80.
 - Decisions: the fusion layer (`tasks.fusion_predict`; k=3 heads saying "none" answers the
   most probable of the 9 classes, `config.task.none_answer` answers "none" instead, counted
   wrong) and MUX (`tasks.mux_predict`, the known cell line picks its head) are decision rules
   on the same model: its report holds both, `config.task.decision` says which is `test`.
   The multi-task model's validation accuracy (checkpoint choice) is the fusion's, without "none".
-- DEMUX-single: `configs/cpe_demux.py:line=...` trains one single model per cell line (`line`);
-  `scripts/cpe_demux.py` (`trainers.classifier.write_demux_report`) routes each run's test
-  images to its model and writes one 9-class report. Each line's run splits its own images, so
-  its test images are not those of the nine-class runs.
-- Not built yet: the paper's small-data variant (MK2 at 200 un-augmented photos, the others at
-  2,000) and the paper's flip-then-split order.
+- DEMUX-single (`demux=True`, `config.trainer="demux"`, `jaxvir.trainers.demux`): one command
+  trains one single model per cell line in `WORKDIR/<cell line>/` and writes one 9-class
+  report in `WORKDIR`. Each line's run splits its own images, so its test images are not those
+  of the nine-class runs.
 
 Example:
 
@@ -40,7 +46,7 @@ Example:
 import ml_collections
 
 from jaxvir import config as config_lib
-from jaxvir.data import cpe_cells, cpe_line
+from jaxvir.data import cpe_cells
 from jaxvir.tasks import CPE_HEADS
 
 # {cell line: its classes}, the folder names of `DIR/<cell line>/<class>/`.
@@ -48,17 +54,22 @@ CELL_LINES = {head.name: head.classes for head in CPE_HEADS.heads}
 
 
 def cpe_config(
-  *, multitask: bool, runlocal: bool = False, mux: bool = False, line: str | None = None
+  *,
+  multitask: bool = False,
+  demux: bool = False,
+  runlocal: bool = False,
+  mux: bool = False,
+  small_data: bool = False,
+  flip_first: bool = False,
 ) -> ml_collections.ConfigDict:
-  """The single (`multitask=False`) or multi-task CPE config; `mux` makes MUX the headline.
+  """A CPE config: single (default), `multitask` (`mux` makes MUX the headline) or `demux`.
 
   `runlocal`: a few minutes on a 2-core CPU: the embedded monolayers at 64x64 (200 photos per
-  class, 4 per well) and a small CNN instead of ResNet-50. `line` (single model only): the
-  classes of one cell line, read from `DIR/<line>/<class>/` given as `data.dir=DIR/<line>`, or
-  embedded (`cpe_cells_line`): a DEMUX-single model.
+  class, 4 per well) and a small CNN instead of ResNet-50. `small_data` and `flip_first`: see
+  the module docstring.
   """
-  if line is not None and (multitask or line not in CELL_LINES):
-    raise ValueError(f"line={line!r}: a single model's cell line, one of {list(CELL_LINES)}")
+  if multitask and demux:
+    raise ValueError("cpe_config: a DEMUX run trains single models; give multitask or demux")
   config = config_lib.base_config()
   data = config.data
   data.name = "folder"
@@ -82,16 +93,15 @@ def cpe_config(
     config.task.decision = "mux" if mux else "fusion"
     # Grad-CAM explains one logit per class; the heads' classes have one per head.
     config.eval.grad_cam_per_class = 0
-  if line is not None:
-    data.layout = "class"
-    data.class_domains = {line: CELL_LINES[line]}
+  if demux:
+    config.trainer = "demux"
+  photos_per_class = 500
   if runlocal:
     config_lib.runlocal(config)
-    data.name = "cpe_cells" if line is None else "cpe_cells_line"
+    data.name = "cpe_cells"
     with data.unlocked():
-      data.cpe = cpe_cells.default_cpe_config() if line is None else cpe_line.cpe_line_config(
-        line=line)
-    data.cpe.images_per_class = 200
+      data.cpe = cpe_cells.default_cpe_config()
+    data.cpe.images_per_class = photos_per_class = 200
     data.image_size = (64, 64)
     data.channels = 1
     data.split_by = "group"
@@ -104,4 +114,12 @@ def cpe_config(
     config.optim.warmup_epochs = 1.0
     config.train.epochs = 8
     config.eval.grad_cam_per_class = 0
+  mk2 = CELL_LINES["MK2"]
+  if small_data:
+    data.class_limits = {name: 200 * photos_per_class // 500 for name in mk2}
+  if flip_first:
+    data.flip_copies = True
+    data.flip_copies_except = mk2 if small_data else ()
+    data.split_by = "example"
+    data.augment.update(flip_horizontal=False, flip_vertical=False)
   return config

@@ -11,13 +11,14 @@ Example:
 """
 
 import csv
+import inspect
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jaxvir import report, trainers
 from jaxvir import run as run_lib
-from jaxvir.errors import ConfigError
+from jaxvir.errors import ConfigError, DataError
 
 
 def parse_checkpoint(checkpoint: str | int) -> str | int:
@@ -56,25 +57,61 @@ def evaluate_run(
 
 
 def predict_files(
-  workdir: str | pathlib.Path, paths: Sequence[str | pathlib.Path], *, checkpoint="best"
+  workdir: str | pathlib.Path,
+  paths: Sequence[str | pathlib.Path],
+  *,
+  checkpoint="best",
+  cell_lines: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
   """Predictions of a run's model for image files (folders are searched recursively).
+
+  Args:
+    workdir: a run directory written by `scripts/train.py`.
+    paths: image files and folders.
+    checkpoint: "best", "last" or a step number.
+    cell_lines: {file path: known cell line} for the CPE rules that route by it (MUX, DEMUX;
+      `read_cell_lines`); by default they take it from the folder, `DIR/<cell line>/...`.
 
   Returns:
     One row per file, in order: `path`, the trainer's prediction columns, and `error` (empty
     when the file was read; an unreadable file does not stop the others).
 
   Raises:
-    ConfigError: the run's trainer does not predict from images.
+    ConfigError: the run's trainer does not predict from images, or takes no cell lines.
   """
   config = run_lib.read_config(workdir)
   trainer = trainers.get(config.trainer)
   if trainer.predict is None:
     raise ConfigError(f"{workdir} is a {trainer.name} run, which does not predict from image "
                       "files; use scripts/evaluate.py for its report")  # fmt: skip
+  options = {}
+  if cell_lines is not None:
+    if "cell_lines" not in inspect.signature(trainer.predict).parameters:
+      raise ConfigError(f"{workdir} is a {trainer.name} run, which does not use cell lines; "
+                        "drop --cell_lines")  # fmt: skip
+    options["cell_lines"] = cell_lines
   return trainer.predict(
-    pathlib.Path(workdir), config, paths, checkpoint=parse_checkpoint(checkpoint)
+    pathlib.Path(workdir), config, paths, checkpoint=parse_checkpoint(checkpoint), **options
   )
+
+
+def read_cell_lines(path: str | pathlib.Path) -> dict[str, str]:
+  """{file path: cell line} from a CSV file with the columns `path` and `cell_line`.
+
+  Raises:
+    DataError: the file lacks one of the columns.
+
+  Example:
+    >>> read_cell_lines("cell_lines.csv")  # doctest: +SKIP
+    {'photos/a.png': 'MK2'}
+  """
+  with pathlib.Path(path).open(newline="") as file:
+    reader = csv.DictReader(file)
+    missing = sorted({"path", "cell_line"} - set(reader.fieldnames or ()))
+    if missing:
+      raise DataError(f"{path} lacks the column(s) {', '.join(missing)}; give a CSV file with the "
+                      f"header path,cell_line (it has {reader.fieldnames})")  # fmt: skip
+    return {row["path"]: row["cell_line"] for row in reader}
 
 
 def write_predictions_csv(rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path) -> None:

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarni
 # The arguments each config accepts, in its declared order (the README's table).
 ARGUMENTS = {
   "classify_folder": ("runlocal",),
-  "cpe_demux": ("runlocal",),
-  "cpe_multitask": ("runlocal", "mux"),
-  "cpe_single": ("runlocal",),
+  "cpe_demux": ("runlocal", "small_data", "flip_first"),
+  "cpe_multitask": ("runlocal", "mux", "small_data", "flip_first"),
+  "cpe_single": ("runlocal", "small_data", "flip_first"),
   "cxr_vgg": ("vgg19", "ft0", "runlocal"),
   "pathnet_ecg": ("runlocal", "inter_patient", "ds1_ds2", "aami", "paper"),
   "pathnet_joint": ("runlocal", "inter_patient"),
@@ -43,7 +43,7 @@ DECLARED = {
 EXCLUSIVE = {"pathnet_ecg": ("inter_patient", "ds1_ds2")}
 
 # The `key=value` arguments, as the unknown-argument error lists them after the flags.
-OPTIONS = {"cpe_demux": ", line=<str> (default MDCK)"}
+OPTIONS = {}
 
 
 def load(spec: str):

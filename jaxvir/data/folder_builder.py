@@ -46,6 +46,7 @@ from jaxvir.data.builders import CacheBuilder
 from jaxvir.data.sources import Source, register
 from jaxvir.data.splits import SPLIT_NAMES
 from jaxvir.data.synthetic_shapes import build_synthetic_shapes
+from jaxvir.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 LAYOUTS = ("class", "split/class", "domain/class")
@@ -697,3 +698,48 @@ def list_image_files(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
     else:
       files.append(path)
   return files
+
+
+def file_domains(
+  files: Sequence[str | pathlib.Path],
+  *,
+  domain_names: Sequence[str],
+  table: Mapping[str, str] | None = None,
+) -> list[str]:
+  """The domain (e.g. the known cell line) of each file, for rules that route by it.
+
+  Args:
+    files: image files.
+    domain_names: the known domains.
+    table: {file path: domain}, e.g. read from a CSV; paths match after resolving. Without it,
+      each file's nearest parent folder named like a domain (`DIR/<cell line>/...`).
+
+  Returns:
+    One domain name per file.
+
+  Raises:
+    DataError: a file without a domain, or with one that is not in `domain_names`.
+
+  Example:
+    >>> file_domains(["photos/MK2/MK2-Para1/a.png"], domain_names=("MDCK", "MK2", "RD"))
+    ['MK2']
+  """
+  resolved = None if table is None else {
+    pathlib.Path(path).resolve(): domain for path, domain in table.items()
+  }
+  domains = []
+  for file in map(pathlib.Path, files):
+    if resolved is None:
+      domain = next((p.name for p in file.parents if p.name in domain_names), None)
+      where = f"no parent folder of {file} is named after one of {list(domain_names)}"
+    else:
+      domain = resolved.get(file.resolve())
+      where = f"{file} has no row in the cell-line table"
+    if domain is None:
+      raise DataError(f"the cell line of {file} is not known ({where}); put the file under "
+                      "DIR/<cell line>/ or give it a row in --cell_lines")  # fmt: skip
+    if domain not in domain_names:
+      raise DataError(f"{file} has cell line {domain!r}, not one of {list(domain_names)}; "
+                      "correct its row in --cell_lines")  # fmt: skip
+    domains.append(domain)
+  return domains

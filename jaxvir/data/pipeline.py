@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from jaxvir.data import splits as splits_lib
+from jaxvir.data import subsets
 from jaxvir.data.augment import AugmentOptions
 from jaxvir.data.sources import Source, build_source
 
@@ -69,6 +70,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.image_size = (32, 32)  # (height, width) every image is resized to
   config.channels = 3  # 1 (grey) or 3 (colour); inputs are converted
   config.num_synthetic = 1600  # images of the embedded synthetic shapes
+  # Before splitting (jaxvir.data.subsets): keep the first n records of classes {name: n}, and
+  # replace each photo by itself and its 3 flips (copies share the photo's group), except the
+  # photos of the classes in flip_copies_except.
+  config.class_limits = ml_collections.ConfigDict()
+  config.flip_copies = False
+  config.flip_copies_except = ()
   config.val_fraction = 0.15
   config.test_fraction = 0.15
   config.split_by = "example"  # "example" or "group" (whole groups held out)
@@ -203,7 +210,7 @@ def build(data_config: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     if data_config[field] < 0:
       raise ValueError(f"config.data.{field} must be >= 0, got {data_config[field]}")
   augment = AugmentOptions.from_config(data_config.augment)
-  source = build_source(data_config, seed=seed)
+  source = subsets.apply(build_source(data_config, seed=seed), data_config)
   if len(source.records) == 0:
     raise ValueError(f"the data set is empty: {source.description}")
   present = np.unique(source.labels)

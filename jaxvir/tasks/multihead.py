@@ -14,6 +14,9 @@ Decision rules map head outputs to final classes (pure jnp, static shapes, jit/v
 - `mux_predict`: the known cell line picks its head (MUX-multi-task).
 - `demux_predict`: one single-head model per cell line, routed by the known cell line.
 
+`multihead_decisions`, `demux_decisions` and `cell_line_accuracy` apply them to a whole split on
+the host, for the reports of `jaxvir.decision_reports`.
+
 Ties follow `jnp.argmax`: the first index wins. So a head whose top class ties with its "none"
 does not count as "none", and a tie between heads goes to the earlier head.
 
@@ -31,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxvir.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,3 +328,112 @@ def demux_predict(
     )
   allowed = jnp.asarray(spec.class_heads) == jnp.asarray(cell_lines)[..., None]
   return _masked_argmax(jnp.concatenate(head_probs, axis=-1), allowed)
+
+
+# Decision rules over a whole split, on the host: each rule's answers and ROC scores for a report.
+
+
+def multihead_decisions(
+  probs: np.ndarray, labels: np.ndarray, *, spec: HeadSpec, none_answer: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Each rule's `(answers, scores)` from per-head probabilities and final-class labels.
+
+  The labels give each image's known cell line (its head) for MUX. Scores rank each final class
+  for ROC-AUC: its probability within its own head (the fusion's per-class inputs); MUX, which
+  knows each image's head, gives the other heads' classes 0.
+
+  Args:
+    probs: (N, spec.num_outputs) per-head probabilities.
+    labels: (N,) final-class labels indexing `spec.class_names`.
+    spec: the heads.
+    none_answer: the fusion answers "none" (`spec.num_classes`) when every head says so.
+
+  Returns:
+    {"fusion": (answers, scores), "mux": (answers, scores)}, answers (N,), scores (N, K).
+
+  Example:
+
+    >>> probs = np.array([[.1, .2, .3, .4,  .0, .0, .0, .0, 1.,  .6, .3, .1]])
+    >>> {rule: a.tolist() for rule, (a, _) in multihead_decisions(
+    ...   probs, np.array([3]), spec=CPE_HEADS).items()}
+    {'fusion': [7], 'mux': [3]}
+  """
+  cell_lines = spec.class_heads[labels]
+  scores = np.asarray(probs)[:, spec.class_outputs]
+  return {
+    "fusion": (np.asarray(fusion_predict(probs, spec=spec, none_answer=none_answer)), scores),
+    "mux": (
+      np.asarray(mux_predict(probs, cell_lines, spec=spec)),
+      scores * (spec.class_heads == cell_lines[:, None]),
+    ),
+  }
+
+
+def demux_decisions(
+  line_results: dict[str, tuple[np.ndarray, np.ndarray, Sequence[str]]], *, spec: HeadSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """DEMUX-single: per-cell-line models, each on its own cell line's images, as final classes.
+
+  Args:
+    line_results: {head name: (labels, probs, class_names)} of each head's (cell line's) single
+      model on its images; `class_names` in the model's order (any order of the head's classes).
+    spec: the heads.
+
+  Returns:
+    `(labels, answers, scores)` over `spec.class_names`, the heads' images in head order: scores
+    hold each model's probabilities in its head's block and 0 elsewhere (the known cell line),
+    answers follow `demux_predict`.
+
+  Raises:
+    DataError: a head without a model, or a model whose classes are not its head's.
+
+  Example:
+
+    >>> results = {"MDCK": ([0], [[.6, .3, .1]], ("MDCK-IAV", "MDCK-IBV", "MDCK")),
+    ...            "MK2": ([3], [[.1, .2, .3, .4]], ("MK2-Para1", "MK2-Para2", "MK2-Para3", "MK2")),
+    ...            "RD": ([1], [[.2, .8]], ("RD-CVB1", "RD"))}
+    >>> labels, answers, _ = demux_decisions(results, spec=CPE_HEADS)
+    >>> labels.tolist(), answers.tolist()
+    ([0, 6, 8], [0, 6, 8])
+  """
+  if set(line_results) != set(spec.head_names):
+    raise DataError(
+      f"DEMUX needs one model per cell line {list(spec.head_names)}, got {sorted(line_results)}"
+    )
+  first_class = np.cumsum([0, *(len(head.classes) for head in spec.heads)])
+  labels, head_probs, lines = [], [[] for _ in spec.heads], []
+  for h, head in enumerate(spec.heads):
+    line_labels, probs, class_names = line_results[head.name]
+    probs = np.asarray(probs)
+    if sorted(class_names) != sorted(head.classes):
+      raise DataError(
+        f"the {head.name} model's classes {list(class_names)} are not the cell line's "
+        f"{list(head.classes)}; train it on DIR/{head.name}/ only"
+      )
+    order = np.array([head.classes.index(name) for name in class_names])
+    labels.append(first_class[h] + order[np.asarray(line_labels, np.int64)])
+    for g, other in enumerate(spec.heads):
+      block = np.zeros((len(probs), len(other.classes)), probs.dtype)
+      if g == h:
+        block[:, order] = probs
+      head_probs[g].append(block)
+    lines.append(np.full(len(probs), h))
+  head_probs = [np.concatenate(blocks) for blocks in head_probs]
+  answers = np.asarray(demux_predict(head_probs, np.concatenate(lines), spec=spec))
+  return np.concatenate(labels), answers, np.concatenate(head_probs, axis=-1)
+
+
+def cell_line_accuracy(labels: np.ndarray, answers: np.ndarray, *, spec: HeadSpec) -> dict:
+  """{head (cell line): accuracy of `answers` on its images}, for the heads with images.
+
+  Example:
+
+    >>> cell_line_accuracy(np.array([0, 1, 8]), np.array([0, 2, 8]), spec=CPE_HEADS)
+    {'MDCK': 0.5, 'RD': 1.0}
+  """
+  labels, answers = np.asarray(labels), np.asarray(answers)
+  lines = spec.class_heads[labels]
+  return {
+    line: float(np.mean(answers[lines == h] == labels[lines == h]))
+    for h, line in enumerate(spec.head_names) if np.any(lines == h)
+  }

@@ -2,7 +2,7 @@
 
 The model ends in one softmax over the classes, or (`config.task.name="multihead"`) in several
 softmax heads, each with a "none" class, whose answers a decision rule turns into classes (the
-CPE multi-task model: `jaxvir.tasks.multihead`, `report_multihead`).
+CPE multi-task model: `jaxvir.tasks.multihead`, `jaxvir.decision_reports`).
 
 `train(run)` runs in labelled sections: data, model, optimizer, checkpoint, steps, loop,
 evaluation; the run core (`jaxvir.run`) gives it the workdir, devices, keys, metrics writer,
@@ -17,7 +17,7 @@ import functools
 import logging
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from PIL import Image
 from jaxvir import (
   checkpoint,
   data,
+  decision_reports,
   explain,
   models,
   optim,
@@ -39,7 +40,6 @@ from jaxvir import (
   tasks,
   xla,
 )
-from jaxvir import metrics as metrics_lib
 from jaxvir import run as run_lib
 from jaxvir.data import folder_builder, preprocess
 from jaxvir.errors import ConfigError, DataError
@@ -551,165 +551,20 @@ def report_split(run: Restored, split: str, *, workdir: pathlib.Path | None) -> 
     return metrics
   np.savez(workdir / PREDICTIONS_FILE.format(split=split), labels=labels, probs=probs)
   spec = head_spec(run.config)
+  extra = {"checkpoint_step": run.step, "data": run.dataset.description}
   if spec is not None:
-    return report_multihead(run, spec, split, labels, probs, workdir=workdir)
+    return decision_reports.write_multihead_report(
+      workdir, spec=spec, labels=class_order(spec, run.dataset.class_names)[labels], probs=probs,
+      split=split, decision=run.config.task.decision, none_answer=run.config.task.none_answer,
+      extra=extra,
+    )
   entry = report.write_classification(
     workdir, labels=labels, probs=probs, class_names=list(run.dataset.class_names), split=split,
-    extra={"checkpoint_step": run.step, "data": run.dataset.description},
+    extra=extra,
   )
   if run.config.eval.grad_cam_per_class:  # single head only: a class is one logit
     write_grad_cam_figures(run, split, workdir / report.PLOTS_DIR / split)
   return entry
-
-
-def multihead_decisions(
-  spec: tasks.HeadSpec, probs: np.ndarray, labels: np.ndarray, *, none_answer: bool
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Each rule's `(answers, scores)` from per-head probabilities and the heads' class labels.
-
-  Scores rank each final class for ROC-AUC: its probability within its own head (the fusion's
-  per-class inputs); MUX, which knows each image's head (cell line), gives the other heads'
-  classes 0.
-  """
-  cell_lines = spec.class_heads[labels]
-  scores = probs[:, spec.class_outputs]
-  return {
-    "fusion": (
-      np.asarray(tasks.fusion_predict(probs, spec=spec, none_answer=none_answer)), scores
-    ),
-    "mux": (
-      np.asarray(tasks.mux_predict(probs, cell_lines, spec=spec)),
-      scores * (spec.class_heads == cell_lines[:, None]),
-    ),
-  }
-
-
-def report_multihead(
-  run: Restored, spec: tasks.HeadSpec, split: str, labels, probs, *, workdir: pathlib.Path
-) -> dict:
-  """Writes a multi-head model's report of `split`: one entry per decision rule, per-head reports.
-
-  The headline rule (`config.task.decision`) writes `split` itself, the other rule
-  `<rule>_<split>` (e.g. `mux_test`), both over the heads' final classes, with each cell line's
-  accuracy; with `config.task.none_answer` the fusion's "none" is its own confusion-matrix column
-  and counts as wrong. The headline entry also holds `heads`: each head's own report over its
-  classes and "none", from its probabilities.
-
-  Returns:
-    The headline entry.
-  """
-  labels = class_order(spec, run.dataset.class_names)[labels]
-  extra = {"checkpoint_step": run.step, "data": run.dataset.description}
-  task = run.config.task
-  head_targets = np.asarray(tasks.head_labels(labels, spec=spec))
-  heads = {
-    head.name: metrics_lib.classification_report(
-      head_targets[:, h], probs[:, start:stop], class_names=(*head.classes, spec.none_name)
-    )
-    for h, (head, (start, stop)) in enumerate(zip(spec.heads, spec.head_slices, strict=True))
-  }
-  entries = {}
-  for rule, (answers, scores) in multihead_decisions(
-    spec, probs, labels, none_answer=task.none_answer
-  ).items():
-    headline = rule == task.decision
-    entries[rule] = report.write_decisions(
-      workdir, labels=labels, predictions=answers, scores=scores, class_names=spec.class_names,
-      none_name=spec.none_name if rule == "fusion" and task.none_answer else None,
-      split=split if headline else f"{rule}_{split}",
-      extra={**extra, "decision": rule,
-             "cell_line_accuracy": cell_line_accuracy(spec, labels, answers),
-             **({"heads": heads} if headline else {})},
-    )
-  return entries[task.decision]
-
-
-def demux_decisions(
-  spec: tasks.HeadSpec, line_results: dict[str, tuple[np.ndarray, np.ndarray, tuple[str, ...]]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """DEMUX-single: per-cell-line models, each on its own cell line's images, as final classes.
-
-  Args:
-    spec: the heads; one model per head (cell line), over that head's classes in any order.
-    line_results: {head name: (labels, probs, class_names)} of each model on its images.
-
-  Returns:
-    `(labels, answers, scores)` over `spec.class_names`: scores hold each model's
-    probabilities in its head's block and 0 elsewhere (the known cell line), answers follow
-    `tasks.demux_predict`.
-
-  Raises:
-    DataError: a head without a model, or a model whose classes are not its head's.
-  """
-  if set(line_results) != set(spec.head_names):
-    raise DataError(
-      f"DEMUX needs one model per cell line {spec.head_names}, got {sorted(line_results)}"
-    )
-  first_class = np.cumsum([0, *(len(head.classes) for head in spec.heads)])
-  labels, blocks, lines = [], [], []
-  for h, head in enumerate(spec.heads):
-    line_labels, probs, class_names = line_results[head.name]
-    if sorted(class_names) != sorted(head.classes):
-      raise DataError(
-        f"the {head.name} model's classes {list(class_names)} are not the cell line's "
-        f"{list(head.classes)}; train it on DIR/{head.name}/ only"
-      )
-    order = np.array([head.classes.index(name) for name in class_names])
-    in_head = np.zeros_like(probs)
-    in_head[:, order] = probs
-    labels.append(first_class[h] + order[line_labels])
-    blocks.append([in_head if g == h else np.zeros((len(probs), len(other.classes)))
-                   for g, other in enumerate(spec.heads)])  # fmt: skip
-    lines.append(np.full(len(probs), h))
-  head_probs = [np.concatenate([block[g] for block in blocks]) for g in range(len(spec.heads))]
-  cell_lines = np.concatenate(lines)
-  answers = np.asarray(tasks.demux_predict(head_probs, cell_lines, spec=spec))
-  return np.concatenate(labels), answers, np.concatenate(head_probs, axis=-1)
-
-
-def write_demux_report(
-  workdir: str | pathlib.Path,
-  line_workdirs: dict[str, str | pathlib.Path],
-  *,
-  split: str = "test",
-  checkpoint: str | int = "best",
-  spec: tasks.HeadSpec = tasks.CPE_HEADS,
-) -> dict:
-  """Writes `workdir/report.json`'s `split`: the DEMUX report of per-cell-line classifier runs.
-
-  Args:
-    workdir: where the combined report goes.
-    line_workdirs: {cell line (head name): the workdir of a run trained on its classes only}.
-    split: the split of every run to evaluate (each run's own images of its cell line).
-    checkpoint: "best", "last" or a step number, of every run.
-    spec: the heads.
-
-  Example:
-    >>> runs = {"MDCK": "runs/mdck", "MK2": "runs/mk2", "RD": "runs/rd"}
-    >>> write_demux_report("runs/cpe_demux", runs)  # doctest: +SKIP
-  """
-  results = {}
-  for line, line_workdir in line_workdirs.items():
-    restored = restore(line_workdir, checkpoint_name=checkpoint)
-    _, labels, probs = predict_split(restored, split)
-    results[line] = (labels, probs, restored.dataset.class_names)
-  labels, answers, scores = demux_decisions(spec, results)
-  return report.write_decisions(
-    workdir, labels=labels, predictions=answers, scores=scores, class_names=spec.class_names,
-    split=split, extra={
-      "decision": "demux", "runs": {line: str(path) for line, path in line_workdirs.items()},
-      "cell_line_accuracy": cell_line_accuracy(spec, labels, answers),
-    },
-  )
-
-
-def cell_line_accuracy(spec: tasks.HeadSpec, labels: np.ndarray, answers: np.ndarray) -> dict:
-  """{cell line: accuracy of `answers` on its images}, for the lines with images."""
-  lines = spec.class_heads[labels]
-  return {
-    line: float(np.mean(answers[lines == h] == labels[lines == h]))
-    for h, line in enumerate(spec.head_names) if np.any(lines == h)
-  }
 
 
 def write_grad_cam_figures(run: Restored, split: str, directory: pathlib.Path) -> None:
@@ -803,19 +658,28 @@ def evaluate(workdir, config, *, split: str, checkpoint: str | int) -> dict:
   return {split: report_split(restored, split, workdir=pathlib.Path(workdir))}
 
 
-def predict(workdir, config, paths, *, checkpoint: str | int, chunk_size: int = 512) -> list[dict]:
+def predict(
+  workdir, config, paths, *, checkpoint: str | int, cell_lines: Mapping[str, str] | None = None,
+  chunk_size: int = 512,
+) -> list[dict]:
   """Class probabilities of image files; unreadable files get an error and the rest go on.
 
-  A multi-head model answers by its fusion rule (the cell line of a file is not known here) and
-  gives each head's probabilities as `prob_<head>/<class or none>`.
+  A multi-head model answers by its headline rule (`config.task.decision`) and gives each
+  head's probabilities as `prob_<head>/<class or none>`. MUX needs each file's known cell line:
+  from `cell_lines` ({file path: cell line}) or else its nearest folder named like a cell line
+  (`DIR/<cell line>/...`); a single softmax and the fusion do not use it.
 
   Returns:
-    One row per file, in order: `path`, `predicted_class`, `prob_<class name>` for every
-    class (every head output for a multi-head model), and `error` (empty when the file was
-    read).
+    One row per file, in order: `path`, (MUX) `cell_line`, `predicted_class`,
+    `prob_<class name>` for every class (every head output for a multi-head model), and `error`
+    (empty when the file was read).
+
+  Raises:
+    DataError: MUX, and a file whose cell line is unknown.
   """
   restored = restore(workdir, checkpoint_name=checkpoint, config=config)
   spec = head_spec(restored.config)
+  mux = spec is not None and restored.config.task.decision == "mux"
   class_names = list(restored.dataset.class_names)
   answer_names, columns = class_names, class_names
   if spec is not None:
@@ -825,11 +689,15 @@ def predict(workdir, config, paths, *, checkpoint: str | int, chunk_size: int = 
   height, width, channels = restored.dataset.image_shape
   hooks = preprocess.resolve(restored.config.data)
   files = folder_builder.list_image_files(paths)
+  lines = None
+  if mux:
+    lines = folder_builder.file_domains(files, domain_names=spec.head_names, table=cell_lines)
   rows = []
   for start in range(0, len(files), chunk_size):
     chunk_rows, images = [], []
-    for path in files[start : start + chunk_size]:
-      row = {"path": str(path), "predicted_class": "", "error": ""}
+    for i, path in enumerate(files[start : start + chunk_size], start):
+      row = {"path": str(path), **({"cell_line": lines[i]} if mux else {}),
+             "predicted_class": "", "error": ""}  # fmt: skip
       row.update({f"prob_{name}": "" for name in columns})
       try:
         # Decoded exactly as the folder data source decodes its training images.
@@ -845,8 +713,14 @@ def predict(workdir, config, paths, *, checkpoint: str | int, chunk_size: int = 
     readable = [row for row in chunk_rows if not row["error"]]
     if images:
       probs = predict_images(restored, np.stack(images))
-      answers = np.argmax(probs, axis=-1) if spec is None else np.asarray(tasks.fusion_predict(
-        probs, spec=spec, none_answer=restored.config.task.none_answer))
+      if spec is None:
+        answers = np.argmax(probs, axis=-1)
+      elif mux:
+        known = np.array([spec.head_names.index(row["cell_line"]) for row in readable])
+        answers = np.asarray(tasks.mux_predict(probs, known, spec=spec))
+      else:
+        answers = np.asarray(tasks.fusion_predict(
+          probs, spec=spec, none_answer=restored.config.task.none_answer))
       for row, row_probs, answer in zip(readable, probs, answers, strict=True):
         row["predicted_class"] = answer_names[int(answer)]
         row.update({f"prob_{name}": float(p) for name, p in zip(columns, row_probs, strict=True)})

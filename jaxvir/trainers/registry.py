@@ -36,7 +36,8 @@ class Trainer:
       the report entry (or entries) of `split`; returns them by split name.
     best_mode: `(config) -> "max" | "min" | None`: how the best checkpoint is chosen.
     predict: `(workdir, config, paths, *, checkpoint) -> list[dict]`, one row per image file
-      (`path`, predictions, `error`); None when the task does not predict from images.
+      (`path`, predictions, `error`); None when the task does not predict from images. Rules
+      that route by a known cell line (CPE) also take `cell_lines={file path: cell line}`.
   """
 
   name: str
