@@ -8,7 +8,8 @@ accuracy and the rule's name in `decision` (which `jaxvir.compare` shows as a co
 
 Example:
 
-  >>> entry = write_demux_report("runs/cpe_demux", line_results, spec=CPE_HEADS,  # doctest: +SKIP
+  >>> entry = write_demux_report("runs/cpe_demux", spec=CPE_HEADS,  # doctest: +SKIP
+  ...                            line_results={"MDCK": (labels, probs, class_names), ...},
   ...                            split="test")
 """
 

@@ -106,11 +106,12 @@ def _line_results(workdir: pathlib.Path, spec: tasks.HeadSpec, split: str) -> di
 
 
 def _write_report(workdir: pathlib.Path, spec: tasks.HeadSpec, split: str) -> dict:
+  """The DEMUX entry of `split` from the line runs' predictions, with their checkpoint steps."""
   steps = {head.name: report.read(workdir / head.name)["splits"][split].get("checkpoint_step")
            for head in spec.heads}  # fmt: skip
   return decision_reports.write_demux_report(
     workdir, spec=spec, line_results=_line_results(workdir, spec, split), split=split,
-    extra={"runs": {head.name: head.name for head in spec.heads}, "checkpoint_steps": steps},
+    extra={"checkpoint_steps": steps},
   )
 
 
