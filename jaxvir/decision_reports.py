@@ -5,6 +5,7 @@ trainer calls it for `config.task.name="multihead"`); `write_demux_report` write
 9-class entry of DEMUX-single's per-cell-line models (the "demux" trainer calls it). Both go
 through `jaxvir.report.write_decisions`, over the heads' final classes, with each cell line's
 accuracy and the rule's name in `decision` (which `jaxvir.compare` shows as a column).
+`domain_accuracy` gives a single softmax's per-cell-line accuracy for the same comparison.
 
 Example:
 
@@ -107,3 +108,26 @@ def write_demux_report(
       "cell_line_accuracy": tasks.cell_line_accuracy(labels, answers, spec=spec),
     },
   )
+
+
+def domain_accuracy(
+  labels: np.ndarray,
+  answers: np.ndarray,
+  *,
+  class_names: Sequence[str],
+  class_domains: Mapping[str, Sequence[str]],
+) -> dict:
+  """{domain (cell line): accuracy of `answers` on its images} of a single softmax's classes.
+
+  Example:
+    >>> domain_accuracy(np.array([0, 1, 2]), np.array([0, 0, 2]), class_names=("a", "b", "c"),
+    ...                 class_domains={"X": ("a", "b"), "Y": ("c",)})
+    {'X': 0.5, 'Y': 1.0}
+  """
+  labels, answers = np.asarray(labels), np.asarray(answers)
+  result = {}
+  for domain, names in class_domains.items():
+    mine = np.isin(labels, [class_names.index(name) for name in names if name in class_names])
+    if mine.any():
+      result[domain] = float(np.mean(answers[mine] == labels[mine]))
+  return result

@@ -209,6 +209,7 @@ def test_demux_is_one_resumable_command_that_evaluates_and_predicts(tmp_path, mo
   assert entry["decision"] == "demux" and set(entry["cell_line_accuracy"]) == {"MDCK", "MK2", "RD"}
   assert entry["metrics"]["class_names"] == list(CPE_HEADS.class_names)
   assert evaluate.evaluate_run(workdir, checkpoint="last")["test"]["decision"] == "demux"
+  assert set(report.read(workdir / "RD")["splits"]["test"]["cell_line_accuracy"]) == {"RD"}
 
   images, labels, _ = data.cpe_cells.generate(
     images_per_class=1, photos_per_well=1, image_size=(16, 16), channels=1, seed=1

@@ -558,6 +558,11 @@ def report_split(run: Restored, split: str, *, workdir: pathlib.Path | None) -> 
       split=split, decision=run.config.task.decision, none_answer=run.config.task.none_answer,
       extra=extra,
     )
+  if run.config.data.class_domains:  # e.g. CPE's cell lines: as the multi-head rules report
+    extra["cell_line_accuracy"] = decision_reports.domain_accuracy(
+      labels, np.argmax(probs, axis=-1), class_names=run.dataset.class_names,
+      class_domains=run.config.data.class_domains,
+    )
   entry = report.write_classification(
     workdir, labels=labels, probs=probs, class_names=list(run.dataset.class_names), split=split,
     extra=extra,
