@@ -731,10 +731,10 @@ def file_domains(
   for file in map(pathlib.Path, files):
     if resolved is None:
       domain = next((p.name for p in file.parents if p.name in domain_names), None)
-      where = f"no parent folder of {file} is named after one of {list(domain_names)}"
+      where = f"no parent folder is named after one of {list(domain_names)}"
     else:
       domain = resolved.get(file.resolve())
-      where = f"{file} has no row in the cell-line table"
+      where = "it has no row in the cell-line table"
     if domain is None:
       raise DataError(f"the cell line of {file} is not known ({where}); put the file under "
                       "DIR/<cell line>/ or give it a row in --cell_lines")  # fmt: skip

@@ -106,12 +106,12 @@ def _line_results(workdir: pathlib.Path, spec: tasks.HeadSpec, split: str) -> di
 
 
 def _write_report(workdir: pathlib.Path, spec: tasks.HeadSpec, split: str) -> dict:
-  """The DEMUX entry of `split` from the line runs' predictions, with their checkpoint steps."""
+  """The DEMUX entry of `split` from the line runs' predictions; `checkpoint_step` per line."""
   steps = {head.name: report.read(workdir / head.name)["splits"][split].get("checkpoint_step")
            for head in spec.heads}  # fmt: skip
   return decision_reports.write_demux_report(
     workdir, spec=spec, line_results=_line_results(workdir, spec, split), split=split,
-    extra={"checkpoint_steps": steps},
+    extra={"checkpoint_step": steps},  # per cell line
   )
 
 
