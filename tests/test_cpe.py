@@ -1,4 +1,4 @@
-"""The CPE multi-task model in the classifier trainer: decision reports, class order, configs."""
+"""CPE: the multi-task model's decision reports, DEMUX as one run, known cell lines, flip copies."""
 
 import json
 

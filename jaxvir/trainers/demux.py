@@ -47,6 +47,7 @@ def line_config(config: ml_collections.ConfigDict, head: tasks.Head) -> ml_colle
   data = line.data
   data.class_limits = {k: v for k, v in config.data.class_limits.items() if k in head.classes}
   data.flip_copies_except = tuple(c for c in config.data.flip_copies_except if c in head.classes)
+  data.class_domains = {head.name: head.classes}
   with data.unlocked():
     if data.name == "cpe_cells":
       data.name = "cpe_cells_line"
@@ -55,7 +56,6 @@ def line_config(config: ml_collections.ConfigDict, head: tasks.Head) -> ml_colle
     elif data.name == "folder" and data.layout == "domain/class" and data.dir:
       data.dir = str(pathlib.Path(data.dir) / head.name)
       data.layout = "class"
-      data.class_domains = {head.name: head.classes}
     else:
       raise ConfigError(
         f"config.data: DEMUX trains one model per cell line and cannot split data "
