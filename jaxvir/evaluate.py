@@ -98,6 +98,9 @@ def predict_files(
 def read_cell_lines(path: str | pathlib.Path) -> dict[str, str]:
   """{file path: cell line} from a CSV file with the columns `path` and `cell_line`.
 
+  Paths are matched after resolving (relative ones against the working directory); the CSV that
+  `predict.py` writes for a MUX or DEMUX run has both columns, so it serves again.
+
   Raises:
     DataError: the file lacks one of the columns.
 
