@@ -21,7 +21,7 @@ from jaxvir.errors import NonFiniteLossError, WorkdirError
 from jaxvir.pathnet import config as pathnet_config
 from jaxvir.pathnet import driver, finetune, joint, task_data
 from jaxvir.pathnet import features as features_lib
-from jaxvir.pathnet.stages import StageCheckpoints
+from jaxvir.stages import StageCheckpoints
 from jaxvir.trainers import pathnet as pathnet_trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

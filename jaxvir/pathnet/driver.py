@@ -22,8 +22,8 @@ from jaxvir import optim, parallel
 from jaxvir.pathnet import config as pathnet_config
 from jaxvir.pathnet import evolution as evolution_lib
 from jaxvir.pathnet import finetune, genotypes, plots, supernet
-from jaxvir.pathnet.stages import StageCheckpoints
 from jaxvir.pathnet.task_data import device_data
+from jaxvir.stages import StageCheckpoints
 
 log = logging.getLogger("jaxvir")
 

@@ -13,7 +13,7 @@ import numpy as np
 from jaxvir import report
 from jaxvir.pathnet import finetune
 from jaxvir.pathnet.driver import run_ablation
-from jaxvir.pathnet.stages import StageCheckpoints
+from jaxvir.stages import StageCheckpoints
 
 log = logging.getLogger("jaxvir")
 

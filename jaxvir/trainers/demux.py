@@ -6,7 +6,7 @@
 and writes one report over all the heads' classes in `W/report.json`
 (`jaxvir.decision_reports.write_demux_report`), with each cell line's accuracy.
 
-Resuming: `W/checkpoints` records the finished cell lines (`jaxvir.pathnet.stages`), so rerunning
+Resuming: `W/checkpoints` records the finished cell lines (`jaxvir.stages`), so rerunning
 the command skips them and resumes the current line's run from its own checkpoints. Each line's
 run splits its own images, so its test images are not those of a nine-class run.
 
@@ -26,7 +26,7 @@ from jaxvir import decision_reports, report, tasks
 from jaxvir import run as run_lib
 from jaxvir.data import cpe_line, folder_builder
 from jaxvir.errors import ConfigError, DataError
-from jaxvir.pathnet.stages import StageCheckpoints
+from jaxvir.stages import StageCheckpoints
 from jaxvir.trainers import classifier, registry
 
 log = logging.getLogger("jaxvir")

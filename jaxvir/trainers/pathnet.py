@@ -19,7 +19,7 @@
    grids (`plots/paths.png`) and Orbax checkpoints (`checkpoints/`).
 
 Checkpoints are written after every chunk of generations (the `lax.scan` between two log
-lines), every epoch of a final training and every finished task (`jaxvir.pathnet.stages`).
+lines), every epoch of a final training and every finished task (`jaxvir.stages`).
 Rerunning the same command on the workdir resumes from the latest one and ends with the
 metrics of an uninterrupted run. A NaN or infinite training loss stops the run before any
 checkpoint of it is written. `load_results(workdir)` reads each finished task's modules,
@@ -48,11 +48,13 @@ from jaxvir.pathnet import features as features_lib
 from jaxvir.pathnet import finetune, genotypes, plots, supernet
 from jaxvir.pathnet.driver import reinitialise_free_modules, run_ablation, run_task
 from jaxvir.pathnet.joint import macro_recall, run_joint
-from jaxvir.pathnet.stages import StageCheckpoints
 from jaxvir.pathnet.task_data import load_task
+from jaxvir.stages import StageCheckpoints
 from jaxvir.trainers import registry
 
 log = logging.getLogger("jaxvir")
+
+NAN_FIX = "lower pathnet.learning_rate / optim.learning_rate or set optim.grad_clip_norm"
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -83,7 +85,7 @@ def train(run: run_lib.Run) -> dict:
   """
   config, workdir = run.config, run.workdir
   (workdir / "plots").mkdir(parents=True, exist_ok=True)
-  stages = StageCheckpoints(run.checkpoints)
+  stages = StageCheckpoints(run.checkpoints, fix=NAN_FIX)
   pathnet = config.pathnet
   keys = {name: run.key(name) for name in ("init", "task_a", "task_b", "reinit", "router")}
   names = list(pathnet.task_names)

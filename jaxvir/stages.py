@@ -1,12 +1,13 @@
-"""PathNet's checkpoints: one run, several stages (evolutions, final trainings, a router).
+"""Checkpoints of a run made of several stages (PathNet's evolutions, final trainings and
+router; DEMUX's cell lines).
 
-A checkpoint is taken after every chunk of generations, every final-training epoch and every
-finished task, through the run core's `Checkpoints` (atomic saves, fallback to the newest
-checkpoint that restores, the NaN guard). Its state is `{"finished": {task: arrays}, "stage":
-leaves}`: the arrays of the finished tasks, and the leaves of the running stage's state, which
-`resume` puts back into the structure of a freshly initialised state, so one restore serves
-every stage. Its loop JSON (`progress`) names the stage and holds the host-side loop state
-(generation chunk, histories, early stopping, finished tasks' summaries).
+A checkpoint is taken after every chunk or epoch of a stage and every finished task, through
+the run core's `Checkpoints` (atomic saves, fallback to the newest checkpoint that restores,
+the NaN guard). Its state is `{"finished": {task: arrays}, "stage": leaves}`: the arrays of the
+finished tasks, and the leaves of the running stage's state, which `resume` puts back into the
+structure of a freshly initialised state, so one restore serves every stage. Its loop JSON
+(`progress`) names the stage and holds the host-side loop state (generation chunk, histories,
+early stopping, finished tasks' summaries).
 """
 
 import copy
@@ -22,18 +23,17 @@ from jaxvir.errors import WorkdirError
 
 log = logging.getLogger("jaxvir")
 
-FIX = "lower pathnet.learning_rate / optim.learning_rate or set optim.grad_clip_norm"
-
-
 class StageCheckpoints:
   """The stages' progress over a run's `Checkpoints`, restored from the newest good one.
 
   Args:
     checkpoints: the run's checkpoints.
+    fix: what the NaN guard's message tells the user to change when a stage's loss is not
+      finite (e.g. "lower pathnet.learning_rate").
   """
 
-  def __init__(self, checkpoints: run_lib.Checkpoints):
-    self.checkpoints = checkpoints
+  def __init__(self, checkpoints: run_lib.Checkpoints, *, fix: str = "lower the learning rate"):
+    self.checkpoints, self.fix = checkpoints, fix
     self.progress = {"step": 0, "stage": None, "stage_progress": None, "finished": {}}
     self.finished, self._leaves = {}, []
     restored = checkpoints.restore_latest(
@@ -75,7 +75,7 @@ class StageCheckpoints:
     Raises:
       NonFiniteLossError: `loss` is NaN or infinite; nothing is saved.
     """
-    self.checkpoints.check_finite(loss, where=stage or "a finished task", fix=FIX)
+    self.checkpoints.check_finite(loss, where=stage or "a finished task", fix=self.fix)
     self.progress.update(step=self.progress["step"] + 1, stage=stage, stage_progress=stage_progress)
     self.checkpoints.save(
       self.progress["step"],
