@@ -170,7 +170,9 @@ def expand(
       if not item.strip() or (_is_field(item) and "=" not in item):
         raise ConfigError(f"grid item {item!r}: write an argument (vgg16, fold=3) or a field "
                           "with its value (optim.learning_rate=1e-4)")  # fmt: skip
-  from jaxvir import config as config_lib  # noqa: PLC0415  (imports every trainer, starts JAX)
+  # Imported here: its trainers start JAX, which importing this module must not (see
+  # keep_off_accelerators).
+  from jaxvir import config as config_lib  # noqa: PLC0415
 
   points, names = [], set()
   for index, items in enumerate(itertools.product(*axes)):
@@ -504,8 +506,8 @@ def run_ray(
       outcomes.append(outcome)
       _log_end(outcome, len(pending) - len(tasks), len(pending))
   finally:
-    for ref in tasks:
-      ray.cancel(ref, force=True)
+    for ref in tasks:  # interrupted: the task stops its run's process, which resumes on a rerun
+      ray.cancel(ref)
     if started_here:
       ray.shutdown()
   order = {point.name: number for number, point in enumerate(points)}

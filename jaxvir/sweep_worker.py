@@ -14,12 +14,31 @@ if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxv
   allocator.use_preferred()
 
 import argparse
+import os
 import pathlib
 import pickle
 import sys
+import threading
+import time
 import traceback
 
 from jaxvir import cli, sweep
+
+
+def _exit_with_parent(period: float = 5.0) -> None:
+  """Ends this process within `period` seconds of the end of the process that started it.
+
+  The sweep may be killed, or its Ray task cancelled: no orphaned run keeps its device (the run
+  resumes from its checkpoint on a rerun).
+  """
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(period)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True).start()
 
 
 def main(argv=None) -> int:
@@ -28,6 +47,7 @@ def main(argv=None) -> int:
   parser.add_argument("--accept_changes", action="store_true",
                       help="resume although the config changed")  # fmt: skip
   args = parser.parse_args(argv)
+  _exit_with_parent()
   cli.configure_logging()
   try:
     config = pickle.load(sys.stdin.buffer)
