@@ -38,6 +38,7 @@ import math
 import os
 import pathlib
 import pickle
+import site
 import subprocess
 import sys
 import time
@@ -302,8 +303,13 @@ def keep_off_accelerators() -> None:
 
 
 def _worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
-  """`environ`, with this process's jaxvir first on the path, so the worker runs the same code."""
+  """`environ`, with this process's jaxvir first on the path, so the worker runs the same code.
+
+  An installed jaxvir needs nothing (its site-packages must not go before the standard library).
+  """
   package_parent = str(pathlib.Path(__file__).resolve().parents[1])
+  if package_parent in {*site.getsitepackages(), site.getusersitepackages()}:
+    return dict(environ)
   path = [package_parent, *(p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
   return {**environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}
 

@@ -92,3 +92,17 @@ def test_ray_backend_without_ray_names_the_extra(tmp_path, monkeypatch):
   with pytest.raises(sweep.UserError, match=r'pip install "jaxvir\[ray\]"'):
     sweep.run_ray(sweep.expand(f"{ROOT}/configs/classify_folder.py:runlocal", [["config.seed=0"]]),
                   tmp_path)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  "options, message",
+  [
+    (["--jobs", "0"], "give at least 1"),
+    (["--jobs", "2", "--backend", "ray"], "--jobs is for the local backend"),
+    (["--address", "auto"], "add --backend ray"),
+  ],
+)
+def test_executor_options_are_checked_before_anything_runs(tmp_path, options, message):
+  with pytest.raises(sweep.ConfigError, match=message):
+    sweep_command(tmp_path, ["config.seed=0"], *options)
+  assert not tmp_path.joinpath("config.seed-0").exists()
