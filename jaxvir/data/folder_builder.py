@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -555,15 +556,20 @@ def prepare_folder(
     class_names=listing.class_names,
     preprocess=preprocess,
   )
-  builder = JaxvirImageFolder(
+  new_builder = functools.partial(
+    JaxvirImageFolder,
     listing=listing,
     config=config,
     data_dir=os.path.expanduser(os.fspath(cache_dir)),
     file_format="array_record",
   )
+  builder = new_builder()
   if not builder.is_prepared():
-    with _exclusive(pathlib.Path(builder.data_dir).parent.with_suffix(".lock")):
-      if not builder.is_prepared():  # runs started at once (`sweep.py --jobs`) build it once
+    # Runs started at once (`sweep.py --jobs`) build it once: the others wait, then read it
+    # with a new builder (a builder reads the cache's metadata when it is made).
+    with _exclusive(pathlib.Path(builder.data_dir).parent / ".prepare.lock"):
+      builder = new_builder()
+      if not builder.is_prepared():
         log.info("preparing %s (%d images) in %s", listing.root, len(listing.files),
                  builder.data_dir)  # fmt: skip
         builder.download_and_prepare(
