@@ -9,7 +9,10 @@ once.
 Each point runs in `root/<name>`, its items joined by `_` (`vgg16_ft2_fold-3`); rerunning a
 sweep skips runs whose `report.json` has every split of `eval.splits` and resumes the others
 from their checkpoints (the run core does). A run that fails is listed with its one-line cause
-and the others go on.
+and the others go on. Three executors run the points: `run_local` (one after another in this
+process), `run_parallel` (several at once, each in its own process with one device) and
+`run_ray` (one Ray task per run on a cluster); the last two write each run's output to
+`root/<name>/log.txt`.
 
 The study table groups the runs by every item but the fold (`fold=k` or `data.fold=k`): per
 group, the mean and standard deviation over folds of the validation figures, the best group by
@@ -22,6 +25,7 @@ Example:
   >>> points = expand("configs/cxr_vgg.py:runlocal",  # doctest: +SKIP
   ...                 [["vgg16", "vgg19"], ["ft0", "ft2"], ["fold=0", "fold=1"]])
   >>> outcomes = run_local(points, "runs/cxr_study")  # doctest: +SKIP
+  >>> outcomes = run_parallel(points, "runs/cxr_study", jobs=2)  # doctest: +SKIP
   >>> table = study_table(points, "runs/cxr_study")  # doctest: +SKIP
 """
 
@@ -31,20 +35,27 @@ import importlib.util
 import itertools
 import logging
 import math
+import os
 import pathlib
+import pickle
+import site
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from jaxvir import config as config_lib
 from jaxvir import metrics, report
-from jaxvir.errors import ConfigError, WorkdirError
+from jaxvir.errors import ConfigError, UserError, WorkdirError
 
 log = logging.getLogger("jaxvir")
 
 FOLD_NAMES = ("fold", "data.fold")
+LOG_FILE = "log.txt"  # a run's output under run_parallel and run_ray, in its workdir
+CAUSE_PREFIX = "jaxvir.sweep_worker failed: "  # the last line of a failed worker's log
 FIGURES = (("accuracy", "accuracy"), ("sensitivity", "recall"), ("specificity", "specificity"),
            ("auc", "roc_auc"))  # fmt: skip
 
@@ -160,6 +171,10 @@ def expand(
       if not item.strip() or (_is_field(item) and "=" not in item):
         raise ConfigError(f"grid item {item!r}: write an argument (vgg16, fold=3) or a field "
                           "with its value (optim.learning_rate=1e-4)")  # fmt: skip
+  # Imported here: its trainers start JAX, which importing this module must not (see
+  # keep_off_accelerators).
+  from jaxvir import config as config_lib  # noqa: PLC0415
+
   points, names = [], set()
   for index, items in enumerate(itertools.product(*axes)):
     arguments = [base] + [item for item in items if not _is_field(item)]
@@ -240,6 +255,269 @@ def run_local(
     else:
       outcomes.append(Outcome(point, "finished"))
   return outcomes
+
+
+# Executors that run each point in its own process.
+
+
+def _to_run(points: Sequence[Point], root: pathlib.Path) -> tuple[list[Point], list[Outcome]]:
+  """The points still to run, and a "skipped" outcome for each finished one."""
+  pending, skipped = [], []
+  for point in points:
+    if is_finished(root / point.name, point.config):
+      log.info("sweep: %s is finished, skipped", point.name)
+      skipped.append(Outcome(point, "skipped"))
+    else:
+      pending.append(point)
+  return pending, skipped
+
+
+def local_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
+  """This host's GPU ids, found without starting JAX (so this process holds no GPU memory).
+
+  `CUDA_VISIBLE_DEVICES` where it is set, else `nvidia-smi`'s list; none where `JAX_PLATFORMS`
+  leaves out CUDA or there is no `nvidia-smi`.
+  """
+  platforms = environ.get("JAX_PLATFORMS", "")
+  if platforms and not {"cuda", "gpu"} & set(platforms.split(",")):
+    return []
+  if "CUDA_VISIBLE_DEVICES" in environ:
+    ids = [id_.strip() for id_ in environ["CUDA_VISIBLE_DEVICES"].split(",")]
+    return [id_ for id_ in ids if id_ and id_ != "-1"]
+  try:
+    listing = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+  except (OSError, subprocess.SubprocessError):
+    return []
+  return listing.stdout.split()
+
+
+def keep_off_accelerators() -> None:
+  """Keeps this process on the CPU, so that the runs it starts have the accelerators to themselves.
+
+  Call it before JAX runs anything (before `expand`, which imports the trainers).
+  """
+  import jax  # noqa: PLC0415
+
+  jax.config.update("jax_platforms", "cpu")
+
+
+def _worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+  """`environ`, with this process's jaxvir first on the path, so the worker runs the same code.
+
+  An installed jaxvir needs nothing (its site-packages must not go before the standard library).
+  """
+  package_parent = str(pathlib.Path(__file__).resolve().parents[1])
+  if package_parent in {*site.getsitepackages(), site.getusersitepackages()}:
+    return dict(environ)
+  path = [package_parent, *(p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+  return {**environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}
+
+
+def _pickled(point: Point) -> bytes:
+  try:
+    return pickle.dumps(point.config)
+  except (pickle.PicklingError, TypeError, AttributeError) as error:
+    raise ConfigError(f"{point.name}: its config cannot be sent to a worker process "
+                      f"({one_line(error)}); run the sweep with --jobs 1") from None  # fmt: skip
+
+
+def _start_worker(
+  point: Point, root: pathlib.Path, *, accept_changes: bool, environ: Mapping[str, str]
+) -> subprocess.Popen:
+  """Starts `python -m jaxvir.sweep_worker` on `point`, its output to `root/<name>/log.txt`."""
+  config = _pickled(point)
+  workdir = root / point.name
+  workdir.mkdir(parents=True, exist_ok=True)
+  command = [sys.executable, "-m", "jaxvir.sweep_worker", str(workdir)]
+  if accept_changes:
+    command.append("--accept_changes")
+  with (workdir / LOG_FILE).open("ab") as log_file:
+    log_file.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+    log_file.flush()
+    environ = _worker_environment(environ)
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log_file,
+                               stderr=subprocess.STDOUT, env=environ)  # fmt: skip
+  try:
+    process.stdin.write(config)
+    process.stdin.close()
+  except BrokenPipeError:
+    pass  # the worker died at start; its log and exit status say why
+  return process
+
+
+def _worker_outcome(point: Point, root: pathlib.Path, returncode: int) -> Outcome:
+  """A finished worker's outcome; a failure's cause is the worker's last line, or its exit."""
+  if returncode == 0:
+    return Outcome(point, "finished")
+  log_path = root / point.name / LOG_FILE
+  lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
+  causes = [line.removeprefix(CAUSE_PREFIX) for line in lines if line.startswith(CAUSE_PREFIX)]
+  if causes:
+    cause = causes[-1]
+  elif returncode < 0:
+    cause = f"killed by signal {-returncode} (out of memory?)"
+  else:
+    cause = f"the worker exited with status {returncode}"
+  return Outcome(point, "failed", f"{cause} (full log: {log_path})")
+
+
+def _log_end(outcome: Outcome, done: int, total: int) -> None:
+  if outcome.status == "failed":
+    log.error("sweep %d/%d: %s FAILED: %s", done, total, outcome.point.name, outcome.cause)
+  else:
+    log.warning("sweep %d/%d: %s finished", done, total, outcome.point.name)
+
+
+def run_worker(
+  point: Point, root: str | pathlib.Path, *, accept_changes: bool = False,
+  environ: Mapping[str, str] | None = None,
+) -> Outcome:  # fmt: skip
+  """Runs one point in a new process (`python -m jaxvir.sweep_worker`) and waits for it.
+
+  What `run_ray`'s tasks run; the process gets `environ` (default: this one's), so the
+  device ids a scheduler set in `CUDA_VISIBLE_DEVICES` reach it.
+  """
+  root = pathlib.Path(root)
+  process = _start_worker(point, root, accept_changes=accept_changes,
+                          environ=os.environ if environ is None else environ)  # fmt: skip
+  try:
+    return _worker_outcome(point, root, process.wait())
+  finally:
+    if process.poll() is None:  # interrupted: the run resumes from its checkpoint on a rerun
+      process.terminate()
+      process.wait()
+
+
+def run_parallel(
+  points: Sequence[Point],
+  root: str | pathlib.Path,
+  *,
+  jobs: int,
+  accept_changes: bool = False,
+  environ: Mapping[str, str] | None = None,
+) -> list[Outcome]:
+  """Runs up to `jobs` points at once, each in its own process with one device.
+
+  On a host with GPUs each process sees one GPU (`CUDA_VISIBLE_DEVICES`), and `jobs` is capped
+  by their number; on a CPU host each process has JAX's one CPU device. A run's output goes to
+  `root/<name>/log.txt`; this process logs one line as each run starts and ends. Finished runs
+  are skipped, killed ones resume, and a run that fails is recorded with its one-line cause
+  while the others go on, as in `run_local`.
+
+  Args:
+    points: from `expand`.
+    root: the sweep's directory.
+    jobs: how many runs at once (at least 1).
+    accept_changes: passed on (resume although the config changed).
+    environ: the runs' environment; default this process's.
+
+  Returns:
+    One `Outcome` per point, in the order of `points`.
+  """
+  if jobs < 1:
+    raise ConfigError(f"--jobs {jobs}: give at least 1")
+  environ = dict(os.environ if environ is None else environ)
+  root = pathlib.Path(root)
+  pending, outcomes = _to_run(points, root)
+  for point in pending:
+    _pickled(point)  # a config no worker can receive stops the sweep before any run starts
+  gpus = local_gpus(environ)
+  if gpus and jobs > len(gpus):
+    log.warning("sweep: --jobs %d but %d GPUs here; running %d at once", jobs, len(gpus),
+                len(gpus))  # fmt: skip
+  free_slots = gpus[:jobs] if gpus else [None] * jobs
+  running: dict[subprocess.Popen, tuple[Point, str | None]] = {}
+  total = len(pending)
+  try:
+    while pending or running:
+      while pending and free_slots:
+        point, slot = pending.pop(0), free_slots.pop(0)
+        slot_environ = environ if slot is None else {**environ, "CUDA_VISIBLE_DEVICES": slot}
+        on = "" if slot is None else f" on GPU {slot}"
+        log.warning("sweep: %s started%s (log: %s)", point.name, on, root / point.name / LOG_FILE)
+        process = _start_worker(point, root, accept_changes=accept_changes, environ=slot_environ)
+        running[process] = (point, slot)
+      time.sleep(0.2)
+      for process in [process for process in running if process.poll() is not None]:
+        point, slot = running.pop(process)
+        free_slots.append(slot)
+        outcomes.append(_worker_outcome(point, root, process.returncode))
+        _log_end(outcomes[-1], total - len(pending) - len(running), total)
+  finally:
+    for process in running:  # interrupted: these runs resume from their checkpoints on a rerun
+      process.terminate()
+    for process in running:
+      process.wait()
+  order = {point.name: number for number, point in enumerate(points)}
+  return sorted(outcomes, key=lambda outcome: order[outcome.point.name])
+
+
+def _import_ray():
+  try:
+    import ray  # noqa: PLC0415  (an optional extra)
+  except ImportError:
+    raise UserError('--backend ray needs Ray, which is not installed; install it with '
+                    'pip install "jaxvir[ray]"') from None  # fmt: skip
+  return ray
+
+
+def run_ray(
+  points: Sequence[Point],
+  root: str | pathlib.Path,
+  *,
+  address: str | None = None,
+  accept_changes: bool = False,
+) -> list[Outcome]:
+  """Runs every point as one Ray task, with one GPU each where the cluster has GPUs.
+
+  Each task runs its point in a new process (`run_worker`), so JAX starts fresh there with
+  the GPU that Ray gave the task; its output goes to `root/<name>/log.txt`. `root` must be on a
+  file system that every node and this process share. Results are gathered as they finish,
+  with one line each; finished runs are skipped and failed ones listed, as in `run_local`.
+
+  Args:
+    points: from `expand`.
+    root: the sweep's directory, shared by the cluster's nodes.
+    address: the Ray cluster (`"auto"`: the one `ray start --head` started on this machine,
+      `"local"`: a new one here); None: Ray's default (`RAY_ADDRESS`, else a new local one).
+      Unused where Ray is already initialised in this process.
+    accept_changes: passed on (resume although the config changed).
+
+  Returns:
+    One `Outcome` per point, in the order of `points`.
+  """
+  ray = _import_ray()
+  root = pathlib.Path(root).resolve()
+  pending, outcomes = _to_run(points, root)
+  if not pending:
+    return outcomes
+  started_here = not ray.is_initialized()
+  if started_here:
+    ray.init(address=address, log_to_driver=False)
+  tasks = {}
+  try:
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    task = ray.remote(run_worker).options(**({"num_gpus": 1} if has_gpus else {"num_cpus": 1}))
+    tasks = {task.remote(point, root, accept_changes=accept_changes): point for point in pending}
+    log.warning("sweep: %d runs sent to Ray, one %s each (logs: %s/<run>/%s)", len(tasks),
+                "GPU" if has_gpus else "CPU", root, LOG_FILE)  # fmt: skip
+    while tasks:
+      (ready,), _ = ray.wait(list(tasks), num_returns=1)
+      point = tasks.pop(ready)
+      try:
+        outcome = ray.get(ready)
+      except Exception as error:  # noqa: BLE001  (a lost task or node fails one run, not all)
+        outcome = Outcome(point, "failed", one_line(error))
+      outcomes.append(outcome)
+      _log_end(outcome, len(pending) - len(tasks), len(pending))
+  finally:
+    for ref in tasks:  # interrupted: the task stops its run's process, which resumes on a rerun
+      ray.cancel(ref)
+    if started_here:
+      ray.shutdown()
+  order = {point.name: number for number, point in enumerate(points)}
+  return sorted(outcomes, key=lambda outcome: order[outcome.point.name])
 
 
 # The study table.

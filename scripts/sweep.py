@@ -6,12 +6,17 @@
 Each `--grid` axis is a comma-separated list of items: config arguments (`vgg16`, `fold=3`) or
 config fields with a value (`optim.learning_rate=1e-4`); a grid point takes one item of every
 axis. `--set FIELD=VALUE` (repeatable) applies to every point. Every point's config is built
-and validated before any run starts. Runs go one after another to `ROOT/<items joined by _>`;
-finished runs are skipped and killed ones resume. Failed runs are listed with their causes while
+and validated before any run starts. Each point runs in `ROOT/<items joined by _>`; finished
+runs are skipped and killed ones resume. Failed runs are listed with their causes while
 the others finish. Then `ROOT/study.csv` and `ROOT/study.md` hold, per group (the items but the
 fold), the validation figures as mean ± sd over folds, the best group by mean validation loss,
 and the test figures of the group's fold ensemble with bootstrap intervals.
 
+  --jobs N      runs N points at once, each in its own process with one GPU (at most one per
+                GPU) or, on a CPU host, one CPU device; its output in ROOT/<run>/log.txt.
+                Default 1: one after another in this process.
+  --backend ray one Ray task per point (one GPU each where the cluster has GPUs); ROOT must be
+                shared by the nodes. --address auto joins the cluster `ray start --head` made.
   --list        prints the grid's points (index and workdir) and exits
   --index N     runs grid point N only (a SLURM array task: --index $SLURM_ARRAY_TASK_ID)
   --table_only  writes the table from the runs already in ROOT
@@ -43,6 +48,11 @@ def parse_args(argv):
   mode.add_argument("--index", type=int, help="run grid point N only (no table)")
   mode.add_argument("--list", action="store_true", help="print the grid's points and exit")
   mode.add_argument("--table_only", action="store_true", help="write the table, run nothing")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="runs at once under the local backend, one device each")  # fmt: skip
+  parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                      help="where the runs go: this host, or a Ray cluster")  # fmt: skip
+  parser.add_argument("--address", help="the Ray cluster: auto, local or HOST:PORT")
   parser.add_argument("--accept_config_changes", action="store_true",
                       help="resume runs although their config changed")  # fmt: skip
   return parser.parse_args(argv)
@@ -60,9 +70,28 @@ def write_table(rows, root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
   return csv_path, markdown_path
 
 
+def run(points, args) -> list:
+  """The points' outcomes from the executor that `--backend` and `--jobs` choose."""
+  accept_changes = args.accept_config_changes
+  if args.backend == "ray":
+    return sweep.run_ray(points, args.root, address=args.address, accept_changes=accept_changes)
+  if args.jobs > 1:
+    return sweep.run_parallel(points, args.root, jobs=args.jobs, accept_changes=accept_changes)
+  return sweep.run_local(points, args.root, accept_changes=accept_changes)
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   cli.configure_logging()
+  if args.jobs < 1:
+    raise ConfigError(f"--jobs {args.jobs}: give at least 1")
+  if args.address and args.backend != "ray":
+    raise ConfigError("--address names a Ray cluster; add --backend ray")
+  if args.jobs > 1 and args.backend == "ray":
+    raise ConfigError("--jobs is for the local backend; Ray runs as many at once as the cluster "
+                      "has devices for, so leave it out")  # fmt: skip
+  if args.backend == "ray" or args.jobs > 1:
+    sweep.keep_off_accelerators()  # the runs' processes get the devices
   axes = [[item for item in axis.split(",") if item.strip()] for axis in args.grid]
   points = sweep.expand(args.config, axes, overrides=args.overrides)
   if args.list:
@@ -75,7 +104,7 @@ def main(argv=None) -> int:
     points_to_run = [points[args.index]]
   else:
     points_to_run = [] if args.table_only else points
-  outcomes = sweep.run_local(points_to_run, args.root, accept_changes=args.accept_config_changes)
+  outcomes = run(points_to_run, args)
   failed = [outcome for outcome in outcomes if outcome.status == "failed"]
   if args.index is None:
     rows, missing = sweep.study_table(points, args.root)

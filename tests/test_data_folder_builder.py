@@ -1,5 +1,6 @@
 """Image folders through the tfds array_record builder: formats, unreadable files, the cache."""
 
+import concurrent.futures
 import pathlib
 import sys
 
@@ -131,3 +132,22 @@ def test_real_chest_xray_folder(tmp_path):
   assert ds.source.num_unreadable == 0 and ds.image_shape == (32, 32, 1)
   batch = next(data.train_iterator(ds, batch_size=8, seed=0))
   assert batch["image"].shape == (8, 32, 32, 1) and batch["image"].std() > 10
+
+
+def test_runs_started_at_once_prepare_the_cache_once(image_folder, tmp_path, monkeypatch):
+  root, _, _ = image_folder
+  listing = folder_builder.list_image_folder(root)
+  decode = folder_builder.decode_image
+  decoded = []
+  monkeypatch.setattr(folder_builder, "decode_image",
+                      lambda *a, **k: decoded.append(1) or decode(*a, **k))  # fmt: skip
+
+  def prepare():
+    cache = tmp_path / "cache"
+    builder = folder_builder.prepare_folder(listing, image_size=(8, 8), channels=3, cache_dir=cache)
+    return builder.info.metadata["unreadable"]
+
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # flock excludes threads' own opens too
+    first, second = pool.map(lambda _: prepare(), range(2))
+  assert first == second and len(first) == 1
+  assert len(decoded) == len(listing.files)  # one build, not two

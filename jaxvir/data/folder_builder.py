@@ -27,14 +27,17 @@ Example:
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
 import pathlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -554,18 +557,38 @@ def prepare_folder(
     class_names=listing.class_names,
     preprocess=preprocess,
   )
-  builder = JaxvirImageFolder(
+  new_builder = functools.partial(
+    JaxvirImageFolder,
     listing=listing,
     config=config,
     data_dir=os.path.expanduser(os.fspath(cache_dir)),
     file_format="array_record",
   )
+  builder = new_builder()
   if not builder.is_prepared():
-    log.info("preparing %s (%d images) in %s", listing.root, len(listing.files), builder.data_dir)
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(listing.root))
-    )
+    # Runs started at once (`sweep.py --jobs`) build it once: the others wait, then read it
+    # with a new builder (a builder reads the cache's metadata when it is made).
+    with _exclusive(pathlib.Path(builder.data_dir).parent / ".prepare.lock"):
+      builder = new_builder()
+      if not builder.is_prepared():
+        log.info("preparing %s (%d images) in %s", listing.root, len(listing.files),
+                 builder.data_dir)  # fmt: skip
+        builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=str(listing.root))
+        )
   return builder
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: pathlib.Path) -> Iterator[None]:
+  """Holds an exclusive lock on `lock_path` (created): one process at a time, others wait."""
+  lock_path.parent.mkdir(parents=True, exist_ok=True)
+  with lock_path.open("a") as lock_file:
+    fcntl.flock(lock_file, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _describe_unreadable(unreadable: list, root: pathlib.Path) -> str:
