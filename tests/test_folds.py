@@ -1,0 +1,108 @@
+"""Tests of jaxvir.trainers.folds: the folds as one vmapped program equal separate fold runs."""
+
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxvir import checkpoint, report, train
+from jaxvir import run as run_lib
+from jaxvir.errors import ConfigError
+from jaxvir.trainers import classifier, folds
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
+import classify_folder  # noqa: E402
+
+NUM_FOLDS = 2
+
+
+def folds_config(cache_dir, *, epochs=5):
+  """Two folds of 79 synthetic images: 31 and 32 training images, so 3 and 4 steps of 8 per
+  epoch; early stopping and reduce-on-plateau with patience 1, so that the folds stop at
+  different epochs."""
+  config = classify_folder.get_config("runlocal")
+  config.data.image_size = (16, 16)
+  config.data.num_synthetic = 79
+  config.data.test_fraction = 0.2
+  config.data.num_folds = NUM_FOLDS
+  config.model.kwargs.widths = (4, 8)
+  config.freeze.patterns = ("block1/.*",)
+  config.freeze.batch_stats = True
+  config.cache.frozen_prefix = "memory"
+  config.cache.dir = str(cache_dir)
+  config.optim.schedule = "constant"
+  config.optim.warmup_epochs = 0
+  config.optim.learning_rate = 0.01
+  config.optim.plateau.patience = 1
+  config.train.batch_size = 8
+  config.train.epochs = epochs
+  config.train.monitor = "val_loss"
+  config.train.early_stopping_patience = 1
+  config.eval.splits = ("val", "test")
+  config.eval.grad_cam_per_class = 0
+  config.compilation_cache_dir = ""
+  return config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """`(root, folds result, separate results)`: the folds as one program, killed after epoch 2
+  and resumed, and the folds as separate runs."""
+  root = tmp_path_factory.mktemp("folds")
+  with pytest.MonkeyPatch.context() as patch:
+    for name in ("_plot_classification", "_plot_training_curves"):  # seconds each, not tested
+      patch.setattr(report, name, lambda *args, **kwargs: None)
+    config = folds_config(root / "cache", epochs=2)  # stands in for a run killed after epoch 2
+    config.train.vmap_folds = True
+    config.eval.splits = ()
+    train.train_and_evaluate(config, root / "together")
+    config = folds_config(root / "cache")
+    config.train.vmap_folds = True
+    together = train.train_and_evaluate(config, root / "together", accept_changes=True)
+    separate = [train.train_and_evaluate(folds.fold_config(config, fold), root / f"fold{fold}")
+                for fold in range(NUM_FOLDS)]  # fmt: skip
+  return root, together, separate
+
+
+def best_params(workdir):
+  restored = classifier.restore(workdir)
+  return jax.device_get(restored.variables[0])
+
+
+def test_folds_as_one_program_resumed_equal_separate_runs(runs):
+  root, together, separate = runs
+  steps = [result["best_step"] for result in separate]
+  epochs = [
+    checkpoint.restore_loop(run_lib.Checkpoints.open(root / f"fold{fold}").manager,
+                            run_lib.Checkpoints.open(root / f"fold{fold}").latest_step())["epoch"]
+    for fold in range(NUM_FOLDS)
+  ]  # fmt: skip
+  # The case this test is about: unequal steps per epoch and a fold that stops before the other.
+  assert len(set(epochs)) == NUM_FOLDS and min(epochs) < 5, epochs
+  assert [result["best_step"] for result in together["folds"]] == steps
+  for fold in range(NUM_FOLDS):
+    alone, joint = root / f"fold{fold}", root / "together" / folds.FOLD_DIR.format(fold=fold)
+    for split in ("val", "test"):
+      expected = np.load(alone / classifier.PREDICTIONS_FILE.format(split=split))
+      actual = np.load(joint / classifier.PREDICTIONS_FILE.format(split=split))
+      np.testing.assert_array_equal(actual["labels"], expected["labels"])
+      np.testing.assert_allclose(actual["probs"], expected["probs"], atol=1e-5)
+      assert report.read(joint)["splits"][split]["metrics"]["accuracy"] == pytest.approx(
+        report.read(alone)["splits"][split]["metrics"]["accuracy"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 best_params(joint), best_params(alone))  # fmt: skip
+    config = json.loads((joint / run_lib.CONFIG_FILE).read_text())
+    assert config["data"]["fold"] == fold and not config["train"]["vmap_folds"]
+
+
+@pytest.mark.parametrize("field, value", [("cache.frozen_prefix", "off"), ("data.num_folds", 0)])
+def test_folds_as_one_program_need_a_cached_prefix_and_folds(tmp_path, field, value):
+  config = folds_config(tmp_path / "cache")
+  config.train.vmap_folds = True
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ConfigError, match="vmap_folds"):
+    train.train_and_evaluate(config, tmp_path / "run")
