@@ -15,6 +15,9 @@ and the test figures of the group's fold ensemble with bootstrap intervals.
   --list        prints the grid's points (index and workdir) and exits
   --index N     runs grid point N only (a SLURM array task: --index $SLURM_ARRAY_TASK_ID)
   --table_only  writes the table from the runs already in ROOT
+  --vmap_folds  trains each group whose folds share a cached frozen prefix (CXR FT0, FT1) as one
+                vmapped program in ROOT/<group>_folds/, its fold folders linked as the runs'
+                workdirs (jaxvir.trainers.folds)
 """
 
 if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
@@ -43,6 +46,9 @@ def parse_args(argv):
   mode.add_argument("--index", type=int, help="run grid point N only (no table)")
   mode.add_argument("--list", action="store_true", help="print the grid's points and exit")
   mode.add_argument("--table_only", action="store_true", help="write the table, run nothing")
+  parser.add_argument("--vmap_folds", action="store_true",
+                      help="train each group of folds over a cached prefix (e.g. FT0, FT1) as one "
+                      "vmapped program (jaxvir.trainers.folds)")  # fmt: skip
   parser.add_argument("--accept_config_changes", action="store_true",
                       help="resume runs although their config changed")  # fmt: skip
   return parser.parse_args(argv)
@@ -75,7 +81,14 @@ def main(argv=None) -> int:
     points_to_run = [points[args.index]]
   else:
     points_to_run = [] if args.table_only else points
-  outcomes = sweep.run_local(points_to_run, args.root, accept_changes=args.accept_config_changes)
+  outcomes = []
+  if args.vmap_folds:
+    from jaxvir.trainers import folds  # noqa: PLC0415  (imports JAX and the trainers)
+
+    outcomes, points_to_run = folds.run_sweep_groups(
+      points_to_run, args.root, accept_changes=args.accept_config_changes
+    )
+  outcomes += sweep.run_local(points_to_run, args.root, accept_changes=args.accept_config_changes)
   failed = [outcome for outcome in outcomes if outcome.status == "failed"]
   if args.index is None:
     rows, missing = sweep.study_table(points, args.root)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvir import checkpoint, report, train
+from jaxvir import checkpoint, report, sweep, train
 from jaxvir import run as run_lib
 from jaxvir.errors import ConfigError
 from jaxvir.trainers import classifier, folds
@@ -106,3 +106,31 @@ def test_folds_as_one_program_need_a_cached_prefix_and_folds(tmp_path, field, va
   config[section][name] = value
   with pytest.raises(ConfigError, match="vmap_folds"):
     train.train_and_evaluate(config, tmp_path / "run")
+
+
+CXR = pathlib.Path(__file__).resolve().parents[1] / "configs" / "cxr_vgg.py"
+FOLD_ITEMS = [f"fold={fold}" for fold in range(5)]
+
+
+def test_the_sweep_trains_cached_fold_groups_as_one_program(tmp_path, monkeypatch):
+  points = sweep.expand(f"{CXR}:runlocal", [["ft0", "ft2"], FOLD_ITEMS[::-1]])
+  groups = folds.vmapped_groups(points)
+  assert list(groups) == ["ft0"]  # FT2 has no cached prefix
+  assert [point.config.data.fold for point in groups["ft0"]] == list(range(5))
+  assert folds.vmapped_groups(points[:3]) == {}  # not every fold
+
+  trained = []
+
+  def fake_train(config, workdir, *, accept_changes):
+    trained.append((config.train.vmap_folds, workdir.name))
+    for fold in range(config.data.num_folds):
+      (workdir / folds.FOLD_DIR.format(fold=fold)).mkdir(parents=True)
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  outcomes, rest = folds.run_sweep_groups(points, tmp_path)
+  assert trained == [(True, "ft0_folds")]
+  assert [point.group for point in rest] == ["ft2"] * 5
+  assert [outcome.status for outcome in outcomes] == ["finished"] * 5
+  for point in groups["ft0"]:
+    link = tmp_path / point.name
+    assert link.resolve() == tmp_path / "ft0_folds" / f"fold_{point.config.data.fold}"
