@@ -191,8 +191,8 @@ def train(run: run_lib.Run) -> dict:
     state = jax.device_put(stack([one] * num_folds), replicated)
     best = jax.tree.map(jnp.copy, _variables(state))  # its own buffers: the steps donate state
     loop = {"epoch": 0, "folds": [
-      {"stopping": None, "plateau_bad": 0, "plateau_best": None, "iterator": None, "epochs": 0}
-      for _ in range(num_folds)]}  # fmt: skip
+      {"stopping": None, "plateau_bad": 0, "plateau_best": None, "iterator": None, "epochs": 0,
+       "val": {}} for _ in range(num_folds)]}  # fmt: skip
   else:
     latest, (saved, loop) = resumed
     state, best = saved["state"], saved["best"]
@@ -229,7 +229,7 @@ def train(run: run_lib.Run) -> dict:
   sums = zero_sums()
   progress = run.progress(total=max_steps * config.train.epochs, initial=latest or 0,
                           batch_size=batch_size * num_folds)  # fmt: skip
-  val_metrics = [{} for _ in range(num_folds)]
+  val_metrics = [fold["val"] for fold in loop["folds"]]  # the last evaluation of each fold
   for epoch in range(loop["epoch"], config.train.epochs):
     running = [not stopping.should_stop for stopping in stoppings]
     if not any(running):
@@ -282,7 +282,8 @@ def train(run: run_lib.Run) -> dict:
       )
       if scale is not None:
         scales[fold] = scale
-      fold_loop.update(stopping=stoppings[fold].to_dict(), epochs=epoch + 1)
+      fold_loop.update(stopping=stoppings[fold].to_dict(), epochs=epoch + 1,
+                       val=val_metrics[fold])  # fmt: skip
       if stoppings[fold].should_stop:
         log.warning("fold %d: early stopping after epoch %d", fold, epoch + 1)
     log.info("epoch %d: val loss per fold %s", epoch + 1,
