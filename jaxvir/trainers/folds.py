@@ -302,7 +302,7 @@ def train(run: run_lib.Run) -> dict:
   run.close()
 
   # Each fold's best variables as a finished run of its own, evaluated as the classifier does.
-  results = []
+  results, restored = [], None
   for fold, fold_cfg in enumerate(configs):
     fold_dir = workdir / FOLD_DIR.format(fold=fold)
     stopping = stoppings[fold]
@@ -314,7 +314,14 @@ def train(run: run_lib.Run) -> dict:
         checkpoints.save(stopping.best_step, state=unstack(best, fold), loop={
           "epoch": loop["folds"][fold]["epochs"], "stopping": stopping.to_dict()})
       checkpoints.wait()
-    restored = classifier.restore(fold_dir, config=fold_cfg, dataset=datasets[fold], mesh=mesh)
+    if restored is None:  # the first fold from its checkpoint; the others share its eval step
+      restored = classifier.restore(fold_dir, config=fold_cfg, dataset=datasets[fold], mesh=mesh)
+    else:
+      variables = unstack(best, fold)
+      restored = dataclasses.replace(
+        restored, config=fold_cfg, dataset=datasets[fold], step=stopping.best_step,
+        variables=(variables["params"], variables["batch_stats"], variables["rest"]),
+      )
     fold_results = {"val": val_metrics[fold], "best_step": stopping.best_step,
                     "data": datasets[fold].description}  # fmt: skip
     for split in config.eval.splits:
