@@ -594,6 +594,13 @@ def report_split(run: Restored, split: str, *, workdir: pathlib.Path | None) -> 
   metrics, labels, probs = predict_split(run, split)
   if workdir is None:
     return metrics
+  return write_split_report(run, split, labels, probs, workdir=workdir)
+
+
+def write_split_report(
+  run: Restored, split: str, labels: np.ndarray, probs: np.ndarray, *, workdir: pathlib.Path
+) -> dict:
+  """`report_split`'s files from the split's labels and probabilities (`predict_split`)."""
   np.savez(workdir / PREDICTIONS_FILE.format(split=split), labels=labels, probs=probs)
   spec = head_spec(run.config)
   if spec is not None:

@@ -30,6 +30,7 @@ Example:
 
 import copy
 import dataclasses
+import functools
 import logging
 import pathlib
 import time
@@ -68,9 +69,10 @@ def select(active: jax.Array, new, old):
   return jax.tree.map(pick, new, old)
 
 
-def stack(trees):
-  """One tree whose leaves stack the leaves of `trees` on a new leading (fold) axis."""
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+@functools.partial(jax.jit, static_argnums=1)
+def _repeat(tree, count: int):
+  """`tree` repeated `count` times on a new leading (fold) axis."""
+  return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (count, *leaf.shape)), tree)
 
 
 def unstack(tree, fold: int):
@@ -106,22 +108,33 @@ def _fold_batches(iterators, active):
 
 
 def _evaluate(eval_step, variables, datasets, split, *, batch_size):
-  """Each fold's `(loss, accuracy)` on its own `split`, from one vmapped pass; folds with fewer
-  batches get all-masked ones."""
+  """Each fold's metrics `{"loss", "accuracy"}` and `(labels, probs)` on its own `split`, from
+  one vmapped pass; folds with fewer batches get all-masked ones."""
   iterators = [data.eval_batches(ds, split, batch_size=batch_size) for ds in datasets]
   count = max(data.num_eval_batches(ds, split, batch_size=batch_size) for ds in datasets)
   sums = {name: jnp.zeros(len(datasets)) for name in ("loss", "correct", "count")}
+  batches, outputs = [], []
   for _ in range(count):
-    batches = [next(it, None) for it in iterators]
-    empty = next(b for b in batches if b is not None)
+    fold_batches = [next(it, None) for it in iterators]
+    empty = next(b for b in fold_batches if b is not None)
     empty = {**empty, "mask": np.zeros_like(empty["mask"])}
     batch = jax.tree.map(lambda *leaves: np.stack(leaves),
-                         *[empty if b is None else b for b in batches])  # fmt: skip
-    sums, _ = eval_step(*variables, sums, batch)
-  sums = jax.device_get(sums)
+                         *[empty if b is None else b for b in fold_batches])  # fmt: skip
+    sums, probs = eval_step(*variables, sums, batch)
+    batches.append(batch)
+    outputs.append(probs)
+  sums, outputs = jax.device_get((sums, outputs))
   count = np.maximum(sums["count"], 1.0)
-  return [{"loss": float(loss), "accuracy": float(correct)}
-          for loss, correct in zip(sums["loss"] / count, sums["correct"] / count, strict=True)]
+  metrics = [{"loss": float(loss), "accuracy": float(correct)}
+             for loss, correct in zip(sums["loss"] / count, sums["correct"] / count, strict=True)]
+  predictions = []
+  for fold in range(len(datasets)):
+    keep = [batch["mask"][fold] for batch in batches]
+    predictions.append((
+      np.concatenate([batch["label"][fold][k] for batch, k in zip(batches, keep, strict=True)]),
+      np.concatenate([probs[fold][k] for probs, k in zip(outputs, keep, strict=True)]),
+    ))
+  return metrics, predictions
 
 
 def train(run: run_lib.Run) -> dict:
@@ -133,7 +146,7 @@ def train(run: run_lib.Run) -> dict:
     splits' report entries]}`.
   """
   config, workdir, mesh = run.config, run.workdir, run.mesh
-  if jax.device_count() != 1 or jax.process_count() != 1:
+  if jax.device_count() != 1:  # one device, so one process: it writes every file
     raise ConfigError(f"config.train.vmap_folds: runs on one device, not {jax.device_count()}; "
                       "set CUDA_VISIBLE_DEVICES to one device or train the folds separately")
   num_folds = config.data.num_folds
@@ -187,8 +200,10 @@ def train(run: run_lib.Run) -> dict:
   resumed = run.checkpoints.restore_latest(restore_checkpoint)
   if resumed is None:
     latest = None
-    one = init_state(keys)  # each fold's run draws the same initial weights from the seed
-    state = jax.device_put(stack([one] * num_folds), replicated)
+    # Each fold's run draws the same initial weights from the seed. Converted weights load
+    # eagerly: traced, they would be baked into the program as constants.
+    init = init_state if config.model.pretrained is not None else jax.jit(init_state)
+    state = jax.device_put(_repeat(init(keys), num_folds), replicated)
     best = jax.tree.map(jnp.copy, _variables(state))  # its own buffers: the steps donate state
     loop = {"epoch": 0, "folds": [
       {"stopping": None, "plateau_bad": 0, "plateau_best": None, "iterator": None, "epochs": 0,
@@ -207,7 +222,7 @@ def train(run: run_lib.Run) -> dict:
 
   # Steps over the shared cached features; each fold's data set keeps its own splits.
   cached, forward, eval_forward = classifier.cached_training(
-    config, datasets[0], unstack(state, 0), eval_graphdef,
+    config, datasets[0], jax.jit(unstack, static_argnums=1)(state, 0), eval_graphdef,
     rules.labels(abstract_params, epoch=config.train.epochs - 1), abstract_model,
   )
   train_data = [dataclasses.replace(cached, splits=ds.splits) for ds in datasets]
@@ -257,7 +272,7 @@ def train(run: run_lib.Run) -> dict:
     seconds = time.perf_counter() - start
     fold_step = np.asarray(jax.device_get(state.step))
     scales = np.array(jax.device_get(state.lr_scale), np.float32)
-    evaluated = _evaluate(eval_step, (state.params, state.batch_stats, state.rest), train_data,
+    evaluated, _ = _evaluate(eval_step, (state.params, state.batch_stats, state.rest), train_data,
                           "val", batch_size=config.eval.batch_size)  # fmt: skip
     improved = np.zeros(num_folds, bool)
     for fold in np.flatnonzero(running):
@@ -301,20 +316,29 @@ def train(run: run_lib.Run) -> dict:
     iterator.close()
   run.close()
 
-  # Each fold's best variables as a finished run of its own, evaluated as the classifier does.
-  results, restored = [], None
+  # Each fold's best variables as a finished run of its own. Its predictions come from one
+  # vmapped pass over the cached features (equal to the full model's within float tolerance);
+  # the figures that need the full model (Grad-CAM) restore it.
+  splits = [split for split in config.eval.splits
+            if all(ds.num_examples(split) for ds in datasets)]  # fmt: skip
+  best_variables = (best["params"], best["batch_stats"], best["rest"])
+  predictions = {
+    split: _evaluate(eval_step, best_variables, train_data, split,
+                     batch_size=config.eval.batch_size)[1]  # fmt: skip
+    for split in splits
+  }
+  results, restored, best = [], None, jax.device_get(best)
   for fold, fold_cfg in enumerate(configs):
     fold_dir = workdir / FOLD_DIR.format(fold=fold)
     stopping = stoppings[fold]
-    if run.is_main:
-      fold_dir.mkdir(exist_ok=True)
-      run_lib.record_config(fold_cfg, fold_dir, resuming=False, accept_changes=False)
-      checkpoints = run_lib.Checkpoints(fold_dir / run_lib.CHECKPOINT_DIR, keep=1)
-      if stopping.best_step not in checkpoints.all_steps():
-        checkpoints.save(stopping.best_step, state=unstack(best, fold), loop={
-          "epoch": loop["folds"][fold]["epochs"], "stopping": stopping.to_dict()})
-      checkpoints.wait()
-    if restored is None:  # the first fold from its checkpoint; the others share its eval step
+    fold_dir.mkdir(exist_ok=True)
+    run_lib.record_config(fold_cfg, fold_dir, resuming=False, accept_changes=False)
+    checkpoints = run_lib.Checkpoints(fold_dir / run_lib.CHECKPOINT_DIR, keep=1)
+    if stopping.best_step not in checkpoints.all_steps():
+      checkpoints.save(stopping.best_step, state=unstack(best, fold), loop={
+        "epoch": loop["folds"][fold]["epochs"], "stopping": stopping.to_dict()})
+    checkpoints.wait()
+    if restored is None:  # the first fold from its checkpoint, the others from `best`
       restored = classifier.restore(fold_dir, config=fold_cfg, dataset=datasets[fold], mesh=mesh)
     else:
       variables = unstack(best, fold)
@@ -324,11 +348,11 @@ def train(run: run_lib.Run) -> dict:
       )
     fold_results = {"val": val_metrics[fold], "best_step": stopping.best_step,
                     "data": datasets[fold].description}  # fmt: skip
-    for split in config.eval.splits:
-      if datasets[fold].num_examples(split):
-        fold_results[split] = classifier.report_split(
-          restored, split, workdir=fold_dir if run.is_main else None
-        )
+    for split in splits:
+      labels, probs = predictions[split][fold]
+      fold_results[split] = classifier.write_split_report(
+        restored, split, labels, probs, workdir=fold_dir
+      )
     results.append(fold_results)
   return {"folds": results}
 
