@@ -136,3 +136,11 @@ def test_the_sweep_trains_cached_fold_groups_as_one_program(tmp_path, monkeypatc
   for point in groups["ft0"]:
     link = tmp_path / point.name
     assert link.resolve() == tmp_path / "ft0_folds" / f"fold_{point.config.data.fold}"
+
+
+def test_a_schedule_that_differs_between_folds_is_an_error(tmp_path):
+  config = folds_config(tmp_path / "cache")  # 3 and 4 steps per epoch
+  config.train.vmap_folds = True
+  config.optim.schedule = "warmup_cosine"
+  with pytest.raises(ConfigError, match="optim.schedule"):
+    train.train_and_evaluate(config, tmp_path / "run")
