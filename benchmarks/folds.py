@@ -2,7 +2,7 @@
 the folds as one vmapped program (`config.train.vmap_folds`).
 
   python benchmarks/folds.py [--config configs/cxr_vgg.py:vgg16,ft0,runlocal] [--repeats 1] \
-      [--json OUT]
+      [--set FIELD=VALUE ...] [--json OUT]
 
 Each measurement is one fresh process that trains all `data.num_folds` folds of the config with
 `jaxvir.train.train_and_evaluate`, one after another as `scripts/sweep.py` runs them, each with
@@ -21,6 +21,8 @@ image folder's array_record cache is built before the first measurement. The mod
 (a, b, c) for `--repeats` rounds; the script prints each process's seconds (training and
 evaluation of all folds, imports excluded), the medians, the ratios b/a and c/a, the host
 allocator (`jaxvir.allocator`; the measuring processes inherit it) and the load average.
+`--set` changes a config field in every mode (e.g. `eval.grad_cam_per_class=0`: the per-fold
+Grad-CAM figures, which all three modes draw alike, are most of a small group's time).
 """
 
 if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
@@ -49,6 +51,8 @@ from jaxvir.trainers import folds
 args = json.loads(sys.argv[1])
 root = pathlib.Path(args["root"])
 config = sweep.load_config_fn(args["config"].split(":")[0])(args["config"].partition(":")[2])
+for item in args["set"]:
+  sweep.set_field(config, *item.split("=", 1))
 config.compilation_cache_dir = str(root / "jit")
 config.cache.dir = str(root / "features")
 start = time.perf_counter()
@@ -65,9 +69,9 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
 
-def run_child(mode: str, config: str) -> float:
+def run_child(mode: str, config: str, overrides: list[str]) -> float:
   with tempfile.TemporaryDirectory(prefix="jaxvir_folds_") as root:
-    argument = json.dumps({"mode": mode, "config": config, "root": root})
+    argument = json.dumps({"mode": mode, "config": config, "root": root, "set": overrides})
     result = subprocess.run([sys.executable, "-c", CHILD, argument], capture_output=True,
                             text=True, check=False)  # fmt: skip
     if result.returncode:
@@ -88,14 +92,16 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", default="configs/cxr_vgg.py:vgg16,ft0,runlocal")
   parser.add_argument("--repeats", type=int, default=1)
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      dest="overrides", help="a config field set in every mode")  # fmt: skip
   parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
   warm_data_cache(args.config)
-  results = {"config": args.config, "allocator": allocator.current(),
+  results = {"config": args.config, "set": args.overrides, "allocator": allocator.current(),
              "load_before": os.getloadavg(), "seconds": {mode: [] for mode in MODES}}  # fmt: skip
   for round_ in range(args.repeats):
     for mode in MODES:
-      seconds = run_child(mode, args.config)
+      seconds = run_child(mode, args.config, args.overrides)
       results["seconds"][mode].append(seconds)
       print(f"round {round_ + 1} {mode}: {seconds:.1f} s (load {os.getloadavg()[0]:.2f})",
             flush=True)  # fmt: skip
@@ -104,8 +110,8 @@ def main(argv=None) -> None:
   results["median"] = median
   results["ratio_b_a"] = median["b_shared_cache"] / median["a_fresh_cache"]
   results["ratio_c_a"] = median["c_vmapped"] / median["a_fresh_cache"]
-  print(f"config {args.config}, allocator {results['allocator']}, load before "
-        f"{results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
+  print(f"config {args.config} {' '.join(args.overrides)}, allocator {results['allocator']}, "
+        f"load before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
   for mode in MODES:
     print(f"{mode}: median {median[mode]:.1f} s over {args.repeats} rounds")
   print(f"ratio b/a {results['ratio_b_a']:.2f}, c/a {results['ratio_c_a']:.2f} (goal <= 0.4)")
