@@ -84,6 +84,12 @@ def test_folds_as_one_program_resumed_equal_separate_runs(runs):
   # The cases this test is about: unequal steps per epoch, a fold that stops before the other,
   # and a run killed after one fold stopped and before the other did.
   assert min(epochs) <= KILLED_AFTER < max(epochs) < 5, epochs
+  # A stopped fold is masked: its step count stays that of its separate run's last step.
+  manager = run_lib.Checkpoints.open(root / "together").manager
+  stacked, _ = checkpoint.restore(manager, manager.latest_step(), abstract_state=None)
+  last_steps = [run_lib.Checkpoints.open(root / f"fold{fold}").latest_step()
+                for fold in range(NUM_FOLDS)]  # fmt: skip
+  assert np.asarray(stacked["state"]["step"]).tolist() == last_steps
   assert [result["best_step"] for result in together["folds"]] == steps
   for fold in range(NUM_FOLDS):
     alone, joint = root / f"fold{fold}", root / "together" / folds.FOLD_DIR.format(fold=fold)
