@@ -317,8 +317,11 @@ def reduce_on_plateau(plateau, loop: dict, *, val_loss: float, scale: float) -> 
   place and returns the lowered learning-rate scale when it is due, else None.
 
   Example:
+    >>> plateau = ml_collections.ConfigDict(
+    ...     dict(patience=2, factor=0.1, min_delta=1e-4, min_scale=1e-3))
     >>> loop = {"plateau_best": 1.0, "plateau_bad": 1}
-    >>> reduce_on_plateau(config.optim.plateau, loop, val_loss=1.2, scale=1.0)  # doctest: +SKIP
+    >>> reduce_on_plateau(plateau, loop, val_loss=1.2, scale=1.0), loop["plateau_bad"]
+    (0.1, 0)
   """
   if not plateau.patience:
     return None
