@@ -88,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.eval_every_epochs = 1
   config.train.monitor = "val_accuracy"  # "val_accuracy" or "val_loss"
   config.train.early_stopping_patience = 0  # evaluations without improvement; 0 disables
+  # Train all `data.num_folds` folds as one vmapped program (jaxvir.trainers.folds); needs
+  # `cache.frozen_prefix`; `data.fold` is not read.
+  config.train.vmap_folds = False
 
   # Frozen-prefix cache: "off", "memory" or "disk" (under `dir`); see jaxvir.prefix_cache.
   config.cache = ml_collections.ConfigDict()

@@ -90,30 +90,17 @@ def zero_sums(names: tuple[str, ...], *, mesh: jax.sharding.Mesh) -> dict[str, j
   return jax.device_put(sums, parallel.replicated(mesh))
 
 
-def make_train_step(
-  graphdef: nnx.GraphDef,
-  tx: optax.GradientTransformation,
-  loss_fn: LossFn,
-  *,
-  mesh: jax.sharding.Mesh,
-  state_sharding,
-):
-  """A jitted `(state, sums, batch) -> (state, sums)` training step.
+def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn):
+  """The pure `(state, sums, batch) -> (state, sums)` training step that `make_train_step`
+  compiles; `jaxvir.trainers.folds` maps it over a leading fold axis.
 
   `sums` accumulates the loss function's metric sums plus `nonfinite` (the number of steps
-  whose loss was NaN or infinite), on device, so that the host reads them only when it logs.
-  Both `state` and `sums` are donated.
+  whose loss was NaN or infinite).
 
   Args:
     graphdef: the train-mode graph definition from `split_model`.
     tx: the optimizer (from `jaxvir.optim.make_optimizer`).
-    loss_fn: `(model, batch) -> (loss, sums)`; `model.preprocess` is applied to
-      `batch["image"]` before the call, inside the step.
-    mesh: the device mesh; the batch is sharded over its "data" axis.
-    state_sharding: the sharding of `TrainState` (replicated parameters).
-
-  Returns:
-    The compiled step function.
+    loss_fn: `(model, batch) -> (loss, sums)`.
   """
 
   def step(state: TrainState, sums: dict[str, jax.Array], batch: dict[str, jax.Array]):
@@ -137,13 +124,52 @@ def make_train_step(
     batch_sums = {**batch_sums, "nonfinite": (~jnp.isfinite(loss)).astype(jnp.float32)}
     return new_state, jax.tree.map(jnp.add, sums, batch_sums)
 
+  return step
+
+
+def make_train_step(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  loss_fn: LossFn,
+  *,
+  mesh: jax.sharding.Mesh,
+  state_sharding,
+):
+  """A jitted `(state, sums, batch) -> (state, sums)` training step (`train_step_fn`).
+
+  The metric sums stay on device, so that the host reads them only when it logs. Both `state`
+  and `sums` are donated.
+
+  Args:
+    graphdef: the train-mode graph definition from `split_model`.
+    tx: the optimizer (from `jaxvir.optim.make_optimizer`).
+    loss_fn: `(model, batch) -> (loss, sums)`; `model.preprocess` is applied to
+      `batch["image"]` before the call, inside the step.
+    mesh: the device mesh; the batch is sharded over its "data" axis.
+    state_sharding: the sharding of `TrainState` (replicated parameters).
+
+  Returns:
+    The compiled step function.
+  """
   replicated = parallel.replicated(mesh)
   return xla.jit(
-    step,
+    train_step_fn(graphdef, tx, loss_fn),
     in_shardings=(state_sharding, replicated, parallel.batch_sharding(mesh)),
     out_shardings=(state_sharding, replicated),
     donate_argnums=(0, 1),
   )
+
+
+def eval_step_fn(graphdef: nnx.GraphDef, eval_fn):
+  """The pure `(params, batch_stats, rest, sums, batch) -> (sums, outputs)` evaluation step
+  that `make_eval_step` compiles."""
+
+  def step(params, batch_stats, rest, sums, batch):
+    model = nnx.merge(graphdef, params, batch_stats, rest)
+    batch_sums, outputs = eval_fn(model, batch)
+    return jax.tree.map(jnp.add, sums, batch_sums), outputs
+
+  return step
 
 
 def make_eval_step(graphdef: nnx.GraphDef, eval_fn, *, mesh: jax.sharding.Mesh):
@@ -158,15 +184,9 @@ def make_eval_step(graphdef: nnx.GraphDef, eval_fn, *, mesh: jax.sharding.Mesh):
   Returns:
     The compiled step; it adds the batch's sums to `sums` (donated).
   """
-
-  def step(params, batch_stats, rest, sums, batch):
-    model = nnx.merge(graphdef, params, batch_stats, rest)
-    batch_sums, outputs = eval_fn(model, batch)
-    return jax.tree.map(jnp.add, sums, batch_sums), outputs
-
   replicated = parallel.replicated(mesh)
   return xla.jit(
-    step,
+    eval_step_fn(graphdef, eval_fn),
     in_shardings=(replicated, replicated, replicated, replicated, parallel.batch_sharding(mesh)),
     out_shardings=(replicated, parallel.batch_sharding(mesh)),
     donate_argnums=(3,),

@@ -20,6 +20,9 @@ and the test figures of the group's fold ensemble with bootstrap intervals.
   --list        prints the grid's points (index and workdir) and exits
   --index N     runs grid point N only (a SLURM array task: --index $SLURM_ARRAY_TASK_ID)
   --table_only  writes the table from the runs already in ROOT
+  --vmap_folds  trains each group whose folds share a cached frozen prefix (CXR FT0, FT1) as one
+                vmapped program in ROOT/<group>_folds/, its fold folders linked as the runs'
+                workdirs (jaxvir.trainers.folds)
 """
 
 if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
@@ -53,6 +56,9 @@ def parse_args(argv):
   parser.add_argument("--backend", choices=("local", "ray"), default="local",
                       help="where the runs go: this host, or a Ray cluster")  # fmt: skip
   parser.add_argument("--address", help="the Ray cluster: auto, local or HOST:PORT")
+  parser.add_argument("--vmap_folds", action="store_true",
+                      help="train each group of folds over a cached prefix (e.g. FT0, FT1) as one "
+                      "vmapped program (jaxvir.trainers.folds)")  # fmt: skip
   parser.add_argument("--accept_config_changes", action="store_true",
                       help="resume runs although their config changed")  # fmt: skip
   return parser.parse_args(argv)
@@ -90,6 +96,9 @@ def main(argv=None) -> int:
   if args.jobs > 1 and args.backend == "ray":
     raise ConfigError("--jobs is for the local backend; Ray runs as many at once as the cluster "
                       "has devices for, so leave it out")  # fmt: skip
+  if args.vmap_folds and (args.backend == "ray" or args.jobs > 1):
+    raise ConfigError("--vmap_folds trains the folds in this process; leave out --jobs and "
+                      "--backend ray, or run without --vmap_folds")  # fmt: skip
   if args.backend == "ray" or args.jobs > 1:
     sweep.keep_off_accelerators()  # the runs' processes get the devices
   axes = [[item for item in axis.split(",") if item.strip()] for axis in args.grid]
@@ -104,7 +113,14 @@ def main(argv=None) -> int:
     points_to_run = [points[args.index]]
   else:
     points_to_run = [] if args.table_only else points
-  outcomes = run(points_to_run, args)
+  outcomes = []
+  if args.vmap_folds:
+    from jaxvir.trainers import folds  # noqa: PLC0415  (imports JAX and the trainers)
+
+    outcomes, points_to_run = folds.run_sweep_groups(
+      points_to_run, args.root, accept_changes=args.accept_config_changes
+    )
+  outcomes += run(points_to_run, args)
   failed = [outcome for outcome in outcomes if outcome.status == "failed"]
   if args.index is None:
     rows, missing = sweep.study_table(points, args.root)

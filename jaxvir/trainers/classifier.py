@@ -257,6 +257,18 @@ def check(config: ml_collections.ConfigDict) -> None:
       config.eval.tta != "none" and config.cache.frozen_prefix != "off"):
     raise ConfigError(f"config.eval.tta: must be 'none' or 'dihedral' (with images, so "
                       f"cache.frozen_prefix='off'), not {config.eval.tta!r}")
+  if config.train.vmap_folds:
+    if config.cache.frozen_prefix == "off" or config.data.num_folds < 2:
+      raise ConfigError(
+        "config.train.vmap_folds: folds train as one program only over a cached frozen prefix "
+        f"(cache.frozen_prefix='disk' or 'memory', now {config.cache.frozen_prefix!r}) and with "
+        f"data.num_folds >= 2 (now {config.data.num_folds}); set train.vmap_folds=False"
+      )
+    if config.freeze.thaw or task.name != "classification":
+      raise ConfigError(
+        "config.train.vmap_folds: folds as one program train one softmax without thaw phases; "
+        "set train.vmap_folds=False (or freeze.thaw=() and task.name='classification')"
+      )
 
 
 def best_mode(config: ml_collections.ConfigDict) -> str:
@@ -274,12 +286,68 @@ def freeze_rules(config: ml_collections.ConfigDict) -> optim.FreezeRules:
   )
 
 
+def optimizer_phase(
+  config, *, abstract_params, rules, schedule, num_outputs, keys, mesh, epoch: int
+):
+  """The optimizer of the freezing phase at `epoch` and the `TrainState` it trains.
+
+  Returns:
+    `(tx, init_state, abstract_state, state_sharding)`: `init_state(keys)` builds a fresh
+    state; `abstract_state` holds its shapes with (replicated) shardings.
+  """
+  labels = rules.labels(abstract_params, epoch=epoch)
+  log.info("parameters at epoch %d:\n%s", epoch, optim.count_table(abstract_params, labels))
+  tx = optim.make_optimizer(config.optim, schedule=schedule, labels=labels)
+
+  def init_state(model_keys):
+    return steps.initial_state(create_model(config, num_classes=num_outputs, keys=model_keys), tx)
+
+  replicated = parallel.replicated(mesh)
+  abstract_state = jax.eval_shape(init_state, keys)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  abstract_state = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+    state_sharding,
+  )
+  return tx, init_state, abstract_state, state_sharding
+
+
+def reduce_on_plateau(plateau, loop: dict, *, val_loss: float, scale: float) -> float | None:
+  """Reduce-on-plateau after one evaluation: updates `loop`'s `plateau_best`/`plateau_bad` in
+  place and returns the lowered learning-rate scale when it is due, else None.
+
+  Example:
+    >>> plateau = ml_collections.ConfigDict(
+    ...     dict(patience=2, factor=0.1, min_delta=1e-4, min_scale=1e-3))
+    >>> loop = {"plateau_best": 1.0, "plateau_bad": 1}
+    >>> reduce_on_plateau(plateau, loop, val_loss=1.2, scale=1.0), loop["plateau_bad"]
+    (0.1, 0)
+  """
+  if not plateau.patience:
+    return None
+  best_loss = loop["plateau_best"]
+  if best_loss is None or val_loss < best_loss * (1 - plateau.min_delta):
+    loop.update(plateau_best=val_loss, plateau_bad=0)
+  else:
+    loop["plateau_bad"] += 1
+  if loop["plateau_bad"] < plateau.patience:
+    return None
+  loop["plateau_bad"] = 0
+  scale = max(scale * plateau.factor, plateau.min_scale)
+  log.info("reduce on plateau: learning-rate scale %.3g", scale)
+  return scale
+
+
 def train(run: run_lib.Run) -> dict:
   """Trains `run.config` in `run.workdir` (resuming) and evaluates the best checkpoint.
 
   Returns:
     The final metrics: the last validation metrics and each evaluated split's report entry.
   """
+  if run.config.train.vmap_folds:
+    from jaxvir.trainers import folds  # noqa: PLC0415  (folds imports this module)
+
+    return folds.train(run)
   config, workdir, mesh = run.config, run.workdir, run.mesh
   if config.train.batch_size % jax.device_count():
     raise ConfigError(
@@ -318,36 +386,23 @@ def train(run: run_lib.Run) -> dict:
     config.optim, steps_per_epoch=steps_per_epoch, total_steps=total_steps
   )
 
-  def build_phase(epoch: int):
-    labels = rules.labels(abstract_params, epoch=epoch)
-    log.info("parameters at epoch %d:\n%s", epoch, optim.count_table(abstract_params, labels))
-    tx = optim.make_optimizer(config.optim, schedule=schedule, labels=labels)
-
-    def init_state(model_keys):
-      return steps.initial_state(
-        create_model(config, num_classes=num_outputs, keys=model_keys), tx
-      )
-
-    abstract_state = jax.eval_shape(init_state, keys)
-    state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
-    abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-      state_sharding,
-    )
-    return tx, init_state, abstract_state, state_sharding
+  build_phase = functools.partial(
+    optimizer_phase, config, abstract_params=abstract_params, rules=rules, schedule=schedule,
+    num_outputs=num_outputs, keys=keys, mesh=mesh,
+  )
 
   # Checkpoint: resume from the newest one that restores. The saved optimizer state has the
   # structure of the phase of the last finished epoch, read from the checkpoint's loop state.
   def restore_checkpoint(manager, step):
     loop = checkpoint.restore_loop(manager, step)
-    phase_parts = build_phase(max(loop["epoch"] - 1, 0))
+    phase_parts = build_phase(epoch=max(loop["epoch"] - 1, 0))
     state, loop = checkpoint.restore(manager, step, abstract_state=phase_parts[2])
     return state, loop, phase_parts
 
   resumed = run.checkpoints.restore_latest(restore_checkpoint)
   if resumed is None:
     latest, loop = None, {"epoch": 0, "stopping": None, "plateau_bad": 0, "plateau_best": None}
-    tx, init_state, abstract_state, state_sharding = build_phase(0)
+    tx, init_state, abstract_state, state_sharding = build_phase(epoch=0)
     if config.model.pretrained is None:
       state = jax.jit(init_state, out_shardings=state_sharding)(keys)
     else:  # eagerly: traced, the converted weights would be baked into the program as constants
@@ -394,7 +449,7 @@ def train(run: run_lib.Run) -> dict:
   for epoch in range(loop["epoch"], config.train.epochs):
     if rules.phase(epoch) != phase:
       phase = rules.phase(epoch)
-      tx, init_state, abstract_state, state_sharding = build_phase(epoch)
+      tx, init_state, abstract_state, state_sharding = build_phase(epoch=epoch)
       train_step = make_train_step()
       # Newly thawed parameters start with fresh optimizer state (as Keras' recompile does).
       state = state.replace(opt_state=jax.jit(tx.init, out_shardings=state_sharding.opt_state)(
@@ -437,18 +492,11 @@ def train(run: run_lib.Run) -> dict:
     # Early stopping and reduce-on-plateau, on host state that the checkpoint keeps.
     monitored = val_metrics[config.train.monitor.removeprefix("val_")]
     stopping.update(monitored, step=step)
-    plateau = config.optim.plateau
-    if plateau.patience:
-      best_loss = loop["plateau_best"]
-      if best_loss is None or val_metrics["loss"] < best_loss * (1 - plateau.min_delta):
-        loop.update(plateau_best=val_metrics["loss"], plateau_bad=0)
-      else:
-        loop["plateau_bad"] += 1
-      if loop["plateau_bad"] >= plateau.patience:
-        scale = max(float(state.lr_scale) * plateau.factor, plateau.min_scale)
-        state = state.replace(lr_scale=jax.device_put(jnp.float32(scale), replicated))
-        loop["plateau_bad"] = 0
-        log.info("reduce on plateau: learning-rate scale %.3g", scale)
+    scale = reduce_on_plateau(
+      config.optim.plateau, loop, val_loss=val_metrics["loss"], scale=float(state.lr_scale)
+    )
+    if scale is not None:
+      state = state.replace(lr_scale=jax.device_put(jnp.float32(scale), replicated))
     loop.update(epoch=epoch + 1, stopping=stopping.to_dict())
     run.checkpoints.save(
       step, state=state, loop=loop, data_iterator=train_iterator, monitor=monitored
@@ -549,6 +597,13 @@ def report_split(run: Restored, split: str, *, workdir: pathlib.Path | None) -> 
   metrics, labels, probs = predict_split(run, split)
   if workdir is None:
     return metrics
+  return write_split_report(run, split, labels, probs, workdir=workdir)
+
+
+def write_split_report(
+  run: Restored, split: str, labels: np.ndarray, probs: np.ndarray, *, workdir: pathlib.Path
+) -> dict:
+  """`report_split`'s files from the split's labels and probabilities (`predict_split`)."""
   np.savez(workdir / PREDICTIONS_FILE.format(split=split), labels=labels, probs=probs)
   spec = head_spec(run.config)
   extra = {"checkpoint_step": run.step, "data": run.dataset.description}
