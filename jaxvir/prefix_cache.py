@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import os
 import pathlib
 
 import jax
@@ -158,13 +159,15 @@ class FeatureTable:
           table = np.empty(shape, outputs.dtype)
         else:
           path.parent.mkdir(parents=True, exist_ok=True)
-          partial = path.with_suffix(".partial.npy")
+          # Per process: runs started at once (`sweep.py --jobs`) each write their own, and the
+          # last rename wins with the same contents.
+          partial = path.with_suffix(f".partial-{os.getpid()}.npy")
           table = np.lib.format.open_memmap(partial, "w+", outputs.dtype, shape)
       table[indices] = outputs
     if path is not None:
       table.flush()
       del table
-      partial.rename(path)  # atomic: a killed run never leaves a half-written table
+      os.replace(partial, path)  # atomic: a killed run never leaves a half-written table
       return cls(np.load(path, mmap_mode="r"), variants)
     return cls(table, variants)
 

@@ -51,8 +51,9 @@ log = logging.getLogger("jaxvir")
 # probabilities of its fold models (jaxvir.sweep).
 PREDICTIONS_FILE = "predictions_{split}.npz"
 
-# Shapes only: restoring a run never needs its initial values.
-_SHAPE_KEYS = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
+def _shape_keys() -> dict[str, jax.Array]:
+  """Keys for `nnx.eval_shape` only: restoring a run never needs its initial values."""
+  return {"params": jax.random.key(0), "dropout": jax.random.key(0)}
 
 
 def create_model(
@@ -547,7 +548,7 @@ def restore(
   step = checkpoints.resolve(checkpoint_name)
   num_outputs = output_width(config, dataset.class_names)
   abstract_model = nnx.eval_shape(
-    lambda: create_model(config, num_classes=num_outputs, keys=_SHAPE_KEYS)
+    lambda: create_model(config, num_classes=num_outputs, keys=_shape_keys())
   )
   _, eval_graphdef, params, batch_stats, rest = steps.split_model(abstract_model)
   replicated = parallel.replicated(mesh)
