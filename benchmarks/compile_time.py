@@ -1,17 +1,21 @@
 """Cold and warm compile time of a backbone's training step, with JAX's persistent cache.
 
-  python benchmarks/compile_time.py --arch resnet50 --batch 16 --size 128 [--steps 8] \
-      [--compiler-option NAME=VALUE ...] [--json OUT]
+  python benchmarks/compile_time.py --arch resnet50[,densenet201,...] --batch 16 --size 128 \
+      [--repeats 1] [--steps 8] [--compiler-option NAME=VALUE ...] [--json OUT]
 
 Every measurement runs in a fresh process, as rerunning a config does. "cold" starts on a new
 persistent-cache directory (XLA compiles the step and fills the cache); "warm" then runs on the
 same directory (the executable is read back). Each prints the breakdown of its process's time:
 imports, the model's shapes and the step's setup, initialising the state (`jax.jit`, as
-`jaxvir.train` does), then the training step's tracing (`jit(step).trace`), lowering to StableHLO
+`jaxvir.run` does), then the training step's tracing (`jit(step).trace`), lowering to StableHLO
 (`.lower()`) and compiling (`.compile()`: XLA when cold, cache lookup and loading when warm),
 with the cache's own hit and miss counts. The step is the training core's
 (`jaxvir.steps.make_train_step`, SGD with momentum, full fine-tuning, uint8 images preprocessed
-on device), on the persistent cache that `jaxvir.train.enable_compilation_cache` turns on.
+on device), on the persistent cache that `jaxvir.run.enable_compilation_cache` turns on.
+
+Several comma-separated archs are measured alternately, `--repeats` rounds of each (every
+round on a new cache directory), and the median cold trace + lower + compile of each is printed
+with its ratio to the first arch's, so that the comparison shares one load.
 
 With `--compiler-option`, a second pair of processes compiles with those XLA options, and a last
 process runs the step compiled without and with them alternately for `--steps` rounds and prints
@@ -27,6 +31,7 @@ if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxv
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,13 +47,13 @@ import numpy as np
 import optax
 from flax import nnx
 from jaxvir import config as config_lib
-from jaxvir import models, optim, parallel, steps, tasks, train
+from jaxvir import models, optim, parallel, run, steps, tasks
 
 timings, cpu, events = {"imports": time.perf_counter() - start}, {}, {}
 count = lambda name, **_: events.update({name: events.get(name, 0) + 1})
 jax.monitoring.register_event_listener(count)
 args = json.loads(sys.argv[1])
-train.enable_compilation_cache(args["cache"])
+run.enable_compilation_cache(args["cache"])
 
 
 # Records the wall and process CPU seconds since `since`; returns the new mark.
@@ -140,7 +145,7 @@ def parse_option(text: str) -> tuple[str, object]:
 def describe(name: str, result: dict) -> str:
   """One line: trace + lower + compile (the goal's measure), then every phase, wall (CPU) s."""
   wall, cpu = result["timings"], result["cpu"]
-  total = sum(wall[k] for k in ("trace", "lower", "compile"))
+  total = cold_seconds(result)
   phases = " ".join(f"{k} {wall[k]:.2f} ({cpu[k]:.2f})" for k in cpu)
   return (
     f"{name}: trace+lower+compile {total:.2f} s | wall (CPU) s: imports {wall['imports']:.2f} "
@@ -149,11 +154,42 @@ def describe(name: str, result: dict) -> str:
   )
 
 
+def cold_seconds(result: dict) -> float:
+  """Trace + lower + compile seconds of a measuring process (the compile goals' measure)."""
+  return sum(result["timings"][k] for k in ("trace", "lower", "compile"))
+
+
+def measure_arch(shape: dict, variants: dict, *, steps: int) -> dict:
+  """Cold then warm processes for every variant on a new cache; then the timed steps, if any."""
+  results = {}
+  prefix = f"{shape['arch']} "
+  # One cache directory: the variants' keys differ, and the timing process reads both back.
+  with tempfile.TemporaryDirectory() as cache:
+    for variant, options in variants.items():
+      for start in ("cold", "warm"):
+        name = f"{variant} {start}"
+        results[name] = run_child(**shape, cache=cache, options=[options], steps=0)
+        print(describe(prefix + name, results[name]), flush=True)
+    if steps:
+      timed = run_child(**shape, cache=cache, options=list(variants.values()), steps=steps)
+      results["steps"] = timed
+      medians = ", ".join(f"{v} {s:.3f} s" for v, s in zip(variants, timed["step_s"], strict=True))
+      several = len(variants) > 1
+      ratio = f", ratio {timed['step_s'][-1] / timed['step_s'][0]:.3f}" if several else ""
+      equal = f", bitwise equal: {timed['bitwise_equal']}" if several else ""
+      print(
+        f"{prefix}step (median of {steps}): {medians}{ratio}{equal} | {allocator.current()} | "
+        f"load {timed['load_before'][0]:.2f} -> {timed['load_after'][0]:.2f}"
+      )
+  return results
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--arch", default="resnet50")
+  parser.add_argument("--arch", default="resnet50", help="one arch or several, comma-separated")
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--size", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=1, help="rounds over the archs")
   parser.add_argument("--steps", type=int, default=8, help="timed steps per variant (0: none)")
   parser.add_argument(
     "--compiler-option",
@@ -165,29 +201,27 @@ def main(argv=None) -> dict:
   )
   parser.add_argument("--json", help="write the results here")
   args = parser.parse_args(argv)
-  shape = {"arch": args.arch, "batch": args.batch, "size": args.size}
+  archs = args.arch.split(",")
   variants = {"default": {}}
   if args.compiler_option:
     variants["options"] = dict(args.compiler_option)
-  results = {**shape, "variants": variants, "allocator": allocator.current()}
-  # One cache directory: the variants' keys differ, and the timing process reads both back.
-  with tempfile.TemporaryDirectory() as cache:
-    for variant, options in variants.items():
-      for start in ("cold", "warm"):
-        name = f"{variant} {start}"
-        results[name] = run_child(**shape, cache=cache, options=[options], steps=0)
-        print(describe(name, results[name]), flush=True)
-    if args.steps:
-      timed = run_child(**shape, cache=cache, options=list(variants.values()), steps=args.steps)
-      results["steps"] = timed
-      medians = ", ".join(f"{v} {s:.3f} s" for v, s in zip(variants, timed["step_s"], strict=True))
-      several = len(variants) > 1
-      ratio = f", ratio {timed['step_s'][-1] / timed['step_s'][0]:.3f}" if several else ""
-      equal = f", bitwise equal: {timed['bitwise_equal']}" if several else ""
-      print(
-        f"step (median of {args.steps}): {medians}{ratio}{equal} | {results['allocator']} | load "
-        f"{timed['load_before'][0]:.2f} -> {timed['load_after'][0]:.2f}"
-      )
+  results = {"batch": args.batch, "size": args.size, "variants": variants}
+  results |= {"allocator": allocator.current(), "archs": {arch: [] for arch in archs}}
+  for round_index in range(args.repeats):
+    for arch in archs:
+      shape = {"arch": arch, "batch": args.batch, "size": args.size}
+      steps = args.steps if round_index == args.repeats - 1 else 0
+      results["archs"][arch].append(measure_arch(shape, variants, steps=steps))
+  if len(archs) > 1 or args.repeats > 1:
+    cold = {
+      arch: statistics.median(cold_seconds(r["default cold"]) for r in rounds)
+      for arch, rounds in results["archs"].items()
+    }
+    results["cold_median_s"] = cold
+    print(
+      f"cold trace+lower+compile, median of {args.repeats}: "
+      + ", ".join(f"{arch} {s:.1f} s ({s / cold[archs[0]]:.2f}x)" for arch, s in cold.items())
+    )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=2)

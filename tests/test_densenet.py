@@ -181,27 +181,6 @@ def tiny_densenet(**kwargs) -> densenet.DenseNet:
   return densenet.DenseNet(**(options | kwargs))
 
 
-def test_remat_gives_the_same_gradients():
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-
-  def gradients(remat):
-    graphdef, params, rest = nnx.split(tiny_densenet(rngs=nnx.Rngs(0), remat=remat), nnx.Param, ...)
-
-    def loss(params, rest):
-      return jnp.sum(nnx.merge(graphdef, params, rest, copy=True)(x) ** 2)
-
-    return jax.jit(jax.grad(loss))(params, rest)
-
-  plain, remat = gradients(False), gradients(True)
-  # Compare against the largest gradient: early BatchNorm gradients in training mode are sums
-  # that nearly cancel, and float32 rounding alone moves them by percents of their own size.
-  scale = max(np.abs(leaf).max() for leaf in jax.tree.leaves(plain))
-  for (path, a), (_, b) in zip(nnx.to_flat_state(plain), nnx.to_flat_state(remat), strict=True):
-    np.testing.assert_allclose(
-      b.get_value(), a.get_value(), rtol=0, atol=1e-5 * scale, err_msg=str(path)
-    )
-
-
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters():
   model = tiny_densenet(rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
   model.eval()
@@ -261,3 +240,54 @@ def test_bad_variant_and_leftover_tensors_are_reported(tmp_path):
     )
   assert "features.norm5.running_var" in str(error.value)
   assert "features.extra.weight" in str(error.value)
+
+
+def concatenating_forward(model: densenet.DenseNet, x: jax.Array) -> jax.Array:
+  """The model with every dense layer reading a fresh concatenation: DenseNet's plain form."""
+  for name in model.stage_names:
+    if name.startswith("dense"):
+      features = [x]
+      block = getattr(model, name)
+      for index in range(block.num_layers):
+        features.append(getattr(block, f"layer{index}")(jnp.concatenate(features, axis=-1)))
+      x = jnp.concatenate(features, axis=-1)
+    else:
+      x = model.run_stage(name, x)
+  return x
+
+
+def test_block_buffer_and_remat_equal_concatenation_in_values_gradients_and_statistics():
+  x = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
+
+  def results(forward, *, remat=False):
+    model = tiny_densenet(rngs=nnx.Rngs(0), remat=remat)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params, x):
+      model = nnx.merge(graphdef, params, rest, copy=True)
+      logits = forward(model, x)
+      return jnp.sum(logits**2), (logits, nnx.state(model, nnx.BatchStat))
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+
+  plain = results(concatenating_forward)
+  for name, result in [
+    ("buffer", results(lambda m, x: m(x))),
+    ("remat", results(lambda m, x: m(x), remat=True)),
+  ]:
+    # Gradients of BatchNorm in training mode cancel in sums: float32 rounding moves the
+    # smallest by percents of their own size, so compare against each tree's largest value.
+    for part, expected, actual in zip(("gradients", "values"), plain, result, strict=True):
+      scale = max(np.abs(leaf).max() for leaf in jax.tree.leaves(expected))
+      for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale, err_msg=f"{name} {part}")
+
+
+def test_parameter_paths_are_those_of_the_weight_tables():
+  model = nnx.eval_shape(lambda: tiny_densenet(rngs=nnx.Rngs(0)))
+  paths = {"/".join(map(str, p)): v.shape for p, v in nnx.to_flat_state(nnx.state(model))}
+  assert paths["dense1/layer1/bn1/scale"] == (64 + 32,)
+  assert paths["dense1/layer1/conv1/kernel"] == (1, 1, 64 + 32, 128)
+  assert paths["dense1/layer1/conv2/kernel"] == (3, 3, 128, 32)
+  assert paths["transition1/conv/kernel"] == (1, 1, 128, 64)
+  assert not any("maps" in path for path in paths)
