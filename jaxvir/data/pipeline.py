@@ -261,7 +261,6 @@ def build(data_config: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     num_workers=data_config.num_workers,
     num_threads=data_config.num_threads,
   )
-  log.info("data: %s", dataset.description)
   return dataset
 
 

@@ -41,6 +41,7 @@ def load_task(config, data_config, encode, encoder_settings, *, seed: int) -> di
   """
   start = time.perf_counter()
   dataset = data.build(data_config, seed=seed)
+  log.info("data: %s", dataset.description)
   data_seconds = time.perf_counter() - start
   source, splits = dataset.source, dict(dataset.splits)
   if dataset.balance == "undersample":

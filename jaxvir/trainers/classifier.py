@@ -359,10 +359,7 @@ def train(run: run_lib.Run) -> dict:
 
   # Data.
   dataset = data.build(config.data, seed=config.seed)
-  log.warning("DATA: %s", dataset.description)
-  if config.model.pretrained is None and config.model.name in models.pretrained.TORCHVISION_NAMES:
-    log.warning("model.pretrained is not set: %s starts from RANDOM weights; convert ImageNet "
-                "weights with `python -m jaxvir.convert` for transfer", config.model.name)
+  log.info("data: %s", dataset.description)
   num_outputs = output_width(config, dataset.class_names)
   process_batch = config.train.batch_size // jax.process_count()
   steps_per_epoch = data.steps_per_epoch(dataset, batch_size=process_batch)
@@ -377,12 +374,13 @@ def train(run: run_lib.Run) -> dict:
 
   # Optimizer: rebuilt (and the step recompiled) only when a thaw phase begins.
   rules = freeze_rules(config)
-  if rules.patterns and config.model.pretrained is None:
-    log.warning(
-      "model.pretrained is not set: the frozen layers of %s keep their RANDOM initial weights; "
-      "convert ImageNet weights with `python -m jaxvir.convert` and set model.pretrained",
-      config.model.name,
-    )
+  if config.model.pretrained is None and (
+    rules.patterns or config.model.name in models.pretrained.TORCHVISION_NAMES
+  ):
+    frozen = ", and its frozen layers stay so" if rules.patterns else ""
+    log.warning("model.pretrained is not set: %s starts from RANDOM weights%s; convert ImageNet "
+                "weights with `python -m jaxvir.convert` and set model.pretrained",
+                config.model.name, frozen)  # fmt: skip
   schedule = optim.make_schedule(
     config.optim, steps_per_epoch=steps_per_epoch, total_steps=total_steps
   )

@@ -163,7 +163,10 @@ def train(run: run_lib.Run) -> dict:
 
   # Data: each fold's splits of one source; the feature table is shared.
   datasets = [data.build(c.data, seed=config.seed) for c in configs]
-  log.warning("DATA: %d folds of %s", num_folds, datasets[0].description)
+  log.info("data: %d folds of %s Split per fold (train/val): %s; test %d.", num_folds,
+           datasets[0].source.description,
+           ", ".join(f"{ds.num_examples('train')}/{ds.num_examples('val')}" for ds in datasets),
+           datasets[0].num_examples("test"))  # fmt: skip
   batch_size = config.train.batch_size
   fold_steps = [data.steps_per_epoch(ds, batch_size=batch_size) for ds in datasets]
   max_steps = max(fold_steps)
