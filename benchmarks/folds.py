@@ -26,7 +26,7 @@ Grad-CAM figures, which all three modes draw alike, are most of a small group's 
 """
 
 if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
-  from jaxvir import allocator
+  from jaxvir import allocator, cli
 
   allocator.use_preferred()
 
@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 
-from jaxvir import allocator
+from jaxvir import allocator, cli
 
 MODES = ("a_fresh_cache", "b_shared_cache", "c_vmapped")
 
@@ -79,12 +79,14 @@ def run_child(mode: str, config: str, overrides: list[str]) -> float:
     return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
 
 
-def warm_data_cache(config: str) -> None:
+def warm_data_cache(config: str, overrides: list[str]) -> None:
   """Builds the image folder's array_record cache (CLAHE included) outside the measurements."""
   from jaxvir import data, sweep  # noqa: PLC0415
 
   path, _, arg = config.partition(":")
   run_config = sweep.load_config_fn(path)(arg)
+  for item in overrides:
+    sweep.set_field(run_config, *item.split("=", 1))
   data.build(run_config.data, seed=run_config.seed)
 
 
@@ -96,7 +98,8 @@ def main(argv=None) -> None:
                       dest="overrides", help="a config field set in every mode")  # fmt: skip
   parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
-  warm_data_cache(args.config)
+  cli.configure_logging()
+  warm_data_cache(args.config, args.overrides)
   results = {"config": args.config, "set": args.overrides, "allocator": allocator.current(),
              "load_before": os.getloadavg(), "seconds": {mode: [] for mode in MODES}}  # fmt: skip
   for round_ in range(args.repeats):
