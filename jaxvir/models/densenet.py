@@ -129,26 +129,81 @@ remat_concat_call = nnx.remat(concat_call)
 class DenseBlock(nnx.Module):
   """Dense layers `layer0`, `layer1`, ...; each adds 32 maps that all later layers read."""
 
-  def __init__(self, in_features: int, *, num_layers: int, variant: str, dtype, remat, rngs):
+  def __init__(
+    self, in_features: int, *, num_layers: int, variant: str, dtype, remat, scan_group, rngs
+  ):
     self.num_layers = num_layers
     self.remat = remat
+    self.scan_group = scan_group
     for index in range(num_layers):
       layer = DenseLayer(in_features + index * GROWTH_RATE, variant=variant, dtype=dtype, rngs=rngs)
       setattr(self, f"layer{index}", layer)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dense_layers = [getattr(self, f"layer{index}") for index in range(self.num_layers)]
-    if self.remat:
+    if self.remat and not self.scan_group:
       features = [x]
       for layer in dense_layers:
         features.append(remat_concat_call(layer, features))
       return jnp.concatenate(features, axis=-1)
     width = x.shape[-1] + self.num_layers * GROWTH_RATE
     maps = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, width - x.shape[-1])))
+    if self.scan_group:
+      for start in range(0, self.num_layers, self.scan_group):
+        group = dense_layers[start : start + self.scan_group]
+        maps = scan_dense_layers(group, maps, remat=self.remat)
+      return maps
     for layer in dense_layers:
       filled = layer.bn1.num_features
       maps = jax.lax.dynamic_update_slice_in_dim(maps, layer(maps[..., :filled]), filled, axis=3)
     return maps
+
+
+def scan_dense_layers(group: list[DenseLayer], maps: jax.Array, *, remat: bool) -> jax.Array:
+  """Consecutive dense layers of a block applied to its buffer `maps` as one `lax.scan`.
+
+  XLA compiles a scan's body once, so a block of n layers in groups of g becomes n/g loop
+  bodies instead of n inlined layers (DenseNet-201's compile time grows with its 98 layers).
+  A scan needs one shape for every step, so each layer reads the buffer up to the group's
+  widest input, with its first BatchNorm and 1x1 convolution zero-padded to that width. The
+  padded channels hold zeros (maps not yet written); their BatchNorm output is 0 * ... + 0 = 0,
+  the ReLU keeps 0 and the zero weights add nothing, so outputs and gradients are those of the
+  unpadded layer and the real channels' statistics are unchanged. The parameters stay stored
+  per layer (weights convert unchanged): padded and stacked here, inside the forward pass; the
+  updated running statistics are sliced back to each layer's own width.
+
+  Example:
+
+    >>> maps = scan_dense_layers([block.layer0, block.layer1], maps, remat=False)
+  """
+  width = group[-1].bn1.num_features
+  graphdef, _ = nnx.split(group[-1])
+  states = [nnx.state(layer) for layer in group]
+  for state in states:
+    missing = width - state["bn1"]["scale"].shape[0]
+    state["bn1"] = jax.tree.map(lambda v: jnp.pad(v, (0, missing)), state["bn1"])
+    state["conv1"] = jax.tree.map(
+      lambda v: jnp.pad(v, ((0, 0), (0, 0), (0, missing), (0, 0))), state["conv1"]
+    )
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+  offsets = jnp.array([layer.bn1.num_features for layer in group], jnp.int32)
+
+  def step(maps, state_and_offset):
+    state, offset = state_and_offset
+    layer = nnx.merge(graphdef, state)
+    new_maps = layer(maps[..., :width])
+    maps = jax.lax.dynamic_update_slice_in_dim(maps, new_maps, offset, axis=3)
+    return maps, nnx.state(layer, nnx.BatchStat)
+
+  if remat:
+    step = jax.checkpoint(step)
+  maps, statistics = jax.lax.scan(step, maps, (stacked, offsets))
+  for index, layer in enumerate(group):
+    features = layer.bn1.num_features
+    for name, stat in (("bn1", "mean"), ("bn1", "var"), ("bn2", "mean"), ("bn2", "var")):
+      value = statistics[name][stat].get_value()[index]
+      getattr(getattr(layer, name), stat).set_value(value[:features] if name == "bn1" else value)
+  return maps
 
 
 class Transition(nnx.Module):
@@ -181,6 +236,7 @@ class DenseNet(layers.Staged):
     variant: str,
     dtype,
     remat: bool,
+    scan_group: int | None = None,
     rngs: nnx.Rngs,
   ):
     check_variant(variant)
@@ -193,7 +249,13 @@ class DenseNet(layers.Staged):
     stage_names = ["stem"]
     for index, num_layers in enumerate(block_layers, start=1):
       block = DenseBlock(
-        features, num_layers=num_layers, variant=variant, dtype=dtype, remat=remat, rngs=rngs
+        features,
+        num_layers=num_layers,
+        variant=variant,
+        dtype=dtype,
+        remat=remat,
+        scan_group=scan_group,
+        rngs=rngs,
       )
       setattr(self, f"dense{index}", block)
       stage_names.append(f"dense{index}")
@@ -241,6 +303,7 @@ def _factory(arch: str):
     dtype=jnp.float32,
     variant: str = "torchvision",
     remat: bool = False,
+    scan_group: int | None = None,
   ) -> DenseNet:
     return DenseNet(
       block_layers=BLOCK_LAYERS[arch],
@@ -248,6 +311,7 @@ def _factory(arch: str):
       variant=variant,
       dtype=dtype,
       remat=remat,
+      scan_group=scan_group,
       rngs=rngs,
     )
 
@@ -260,6 +324,8 @@ def _factory(arch: str):
     dtype: compute dtype (parameters and BatchNorm stay float32).
     variant: `"torchvision"` or `"keras"`: the weight source whose BatchNorm to follow.
     remat: rematerialise each dense layer (concatenation included) in the backward pass.
+    scan_group: run each dense block as scans over groups of this many consecutive layers
+      (`scan_dense_layers`: a smaller program, compiled faster); None: every layer inlined.
 
   Returns:
     A `DenseNet` in training mode; call `model.eval()` for inference.
