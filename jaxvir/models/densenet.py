@@ -34,6 +34,8 @@ Example:
   >>> logits = model(model.preprocess(images_uint8))
 """
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -49,6 +51,7 @@ BLOCK_LAYERS = {
 GROWTH_RATE = 32
 BOTTLENECK_WIDTH = 4 * GROWTH_RATE
 STEM_FEATURES = 64
+TAPS = [(i, j) for i in range(3) for j in range(3)]  # a 3x3 kernel's positions, row-major
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
@@ -159,6 +162,46 @@ class DenseBlock(nnx.Module):
     return maps
 
 
+@jax.custom_vjp
+def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A 3x3 convolution with stride 1 and one pixel of zero padding (NHWC, HWIO).
+
+  The same as `nnx.Conv`'s, with the gradients written out: inside a `lax.scan` XLA:CPU ran
+  the two gradient convolutions that JAX derives ~20x slower than outside it (a dense block's
+  backward pass took 14.5 s instead of 0.75). Here the input's gradient is a convolution in the
+  forward pass's layout with the flipped kernel, and the kernel's gradient one matrix product
+  of the input with the 9 shifted copies of the output's gradient.
+
+  Example:
+
+    >>> conv3x3(jnp.ones((1, 4, 4, 8)), jnp.ones((3, 3, 8, 2))).shape
+    (1, 4, 4, 2)
+  """
+  return jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+def _conv3x3_forward(x, kernel):
+  return conv3x3(x, kernel), (x, kernel)
+
+
+def _conv3x3_backward(residuals, grad):
+  x, kernel = residuals
+  x_grad = conv3x3(grad, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+  n, height, width, channels = x.shape
+  padded = jnp.pad(grad, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # Kernel tap (i, j) pairs input pixel (p, q) with the output's gradient at (p + 1 - i, q + 1 - j).
+  shifted = [padded[:, 2 - i : 2 - i + height, 2 - j : 2 - j + width] for i, j in TAPS]
+  shifted = jnp.concatenate(shifted, axis=-1).reshape(n * height * width, -1)
+  kernel_grad = jax.lax.dot_general(x.reshape(-1, channels), shifted, (((0,), (0,)), ((), ())))
+  kernel_grad = kernel_grad.reshape(channels, 3, 3, -1).transpose(1, 2, 0, 3)
+  return x_grad, kernel_grad.astype(kernel.dtype)
+
+
+conv3x3.defvjp(_conv3x3_forward, _conv3x3_backward)
+
+
 def scan_dense_layers(group: list[DenseLayer], maps: jax.Array, *, remat: bool) -> jax.Array:
   """Consecutive dense layers of a block applied to its buffer `maps` as one `lax.scan`.
 
@@ -170,7 +213,8 @@ def scan_dense_layers(group: list[DenseLayer], maps: jax.Array, *, remat: bool) 
   the ReLU keeps 0 and the zero weights add nothing, so outputs and gradients are those of the
   unpadded layer and the real channels' statistics are unchanged. The parameters stay stored
   per layer (weights convert unchanged): padded and stacked here, inside the forward pass; the
-  updated running statistics are sliced back to each layer's own width.
+  updated running statistics are sliced back to each layer's own width. The 3x3 convolution is
+  `conv3x3`, whose gradients XLA:CPU runs fast inside the scan.
 
   Example:
 
@@ -181,17 +225,18 @@ def scan_dense_layers(group: list[DenseLayer], maps: jax.Array, *, remat: bool) 
   states = [nnx.state(layer) for layer in group]
   for state in states:
     missing = width - state["bn1"]["scale"].shape[0]
-    state["bn1"] = jax.tree.map(lambda v: jnp.pad(v, (0, missing)), state["bn1"])
-    state["conv1"] = jax.tree.map(
-      lambda v: jnp.pad(v, ((0, 0), (0, 0), (0, missing), (0, 0))), state["conv1"]
-    )
+    state["bn1"] = jax.tree.map(partial(jnp.pad, pad_width=(0, missing)), state["bn1"])
+    pad_width = ((0, 0), (0, 0), (0, missing), (0, 0))
+    state["conv1"] = jax.tree.map(partial(jnp.pad, pad_width=pad_width), state["conv1"])
   stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
   offsets = jnp.array([layer.bn1.num_features for layer in group], jnp.int32)
 
   def step(maps, state_and_offset):
     state, offset = state_and_offset
     layer = nnx.merge(graphdef, state)
-    new_maps = layer(maps[..., :width])
+    x = layer.conv1(jax.nn.relu(layer.bn1(maps[..., :width])))
+    x = jax.nn.relu(layer.bn2(x))
+    new_maps = conv3x3(x, layer.conv2.kernel.get_value().astype(x.dtype))
     maps = jax.lax.dynamic_update_slice_in_dim(maps, new_maps, offset, axis=3)
     return maps, nnx.state(layer, nnx.BatchStat)
 
