@@ -20,10 +20,18 @@ kernel per map recomputing every later layer's BatchNorm gradient (code quadrati
 block's depth); the buffer's gradient is one running sum. DenseNet-201's training step
 compiled in 30 s instead of 52 s and ran 0.81x the time (`benchmarks/README.md`, backbones).
 
+`scan_group=g` (off by default) runs each block as `lax.scan`s over groups of g layers
+zero-padded to the group's widest input (`scan_dense_layers`; equal to the buffer, tested), so
+XLA compiles one loop body per group instead of every layer. It trades compile time for step
+time: DenseNet-201's training step ran 1.14x (g=4) and 1.24x (g=8) the buffer's time (the
+padding adds BatchNorm and 1x1 work; not profiled), too slow to be the default
+(`benchmarks/README.md`, "DenseNet-201 against ResNet-50").
+
 `remat=True` rematerialises each layer with its concatenation, so that only the individual maps
 need to be kept for the backward pass (the memory-efficient DenseNet of Pleiss et al., 2017).
 XLA's CPU backend currently schedules the recomputation early and keeps the residuals alive
-anyway (same compiled temp memory; see `benchmarks/memory.py`).
+anyway (same compiled temp memory; see `benchmarks/memory.py`). With `scan_group`, each scanned
+layer is rematerialised from the buffer it reads.
 
 Example:
 
