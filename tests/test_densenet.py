@@ -291,3 +291,34 @@ def test_parameter_paths_are_those_of_the_weight_tables():
   assert paths["dense1/layer1/conv2/kernel"] == (3, 3, 128, 32)
   assert paths["transition1/conv/kernel"] == (1, 1, 128, 64)
   assert not any("maps" in path for path in paths)
+
+
+def test_scanned_groups_equal_the_block_buffer_in_values_gradients_and_statistics():
+  # A block of 3 layers in groups of 2: a scan over 2 padded layers, then one of a single layer.
+  x = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
+
+  def results(**kwargs):
+    model = tiny_densenet(block_layers=(3,), rngs=nnx.Rngs(0), **kwargs)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params, x):
+      model = nnx.merge(graphdef, params, rest, copy=True)
+      logits = model(x)
+      statistics = nnx.state(model, nnx.BatchStat)
+      model.eval()  # reads the running statistics, padded like the parameters
+      return jnp.sum(logits**2), (logits, model(x), statistics)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+
+  buffer = results()
+  for name, result in [
+    ("scan", results(scan_group=2)),
+    ("scan remat", results(scan_group=2, remat=True)),
+  ]:
+    assert jax.tree.structure(result) == jax.tree.structure(buffer)  # same paths and shapes
+    # Relative to each tree's largest value, as in the test above (BatchNorm gradients cancel).
+    for part, expected, actual in zip(("gradients", "values"), buffer, result, strict=True):
+      scale = max(np.abs(leaf).max() for leaf in jax.tree.leaves(expected))
+      for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale, err_msg=f"{name} {part}")

@@ -20,10 +20,18 @@ kernel per map recomputing every later layer's BatchNorm gradient (code quadrati
 block's depth); the buffer's gradient is one running sum. DenseNet-201's training step
 compiled in 30 s instead of 52 s and ran 0.81x the time (`benchmarks/README.md`, backbones).
 
+`scan_group=g` (off by default) runs each block as `lax.scan`s over groups of g layers
+zero-padded to the group's widest input (`scan_dense_layers`; equal to the buffer, tested), so
+XLA compiles one loop body per group instead of every layer. It trades compile time for step
+time: DenseNet-201's training step ran 1.14x (g=4) and 1.24x (g=8) the buffer's time (the
+padding adds BatchNorm and 1x1 work; not profiled), too slow to be the default
+(`benchmarks/README.md`, "DenseNet-201 against ResNet-50").
+
 `remat=True` rematerialises each layer with its concatenation, so that only the individual maps
 need to be kept for the backward pass (the memory-efficient DenseNet of Pleiss et al., 2017).
 XLA's CPU backend currently schedules the recomputation early and keeps the residuals alive
-anyway (same compiled temp memory; see `benchmarks/memory.py`).
+anyway (same compiled temp memory; see `benchmarks/memory.py`). With `scan_group`, each scanned
+layer is rematerialised from the buffer it reads.
 
 Example:
 
@@ -33,6 +41,8 @@ Example:
   >>> model.eval()
   >>> logits = model(model.preprocess(images_uint8))
 """
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +59,7 @@ BLOCK_LAYERS = {
 GROWTH_RATE = 32
 BOTTLENECK_WIDTH = 4 * GROWTH_RATE
 STEM_FEATURES = 64
+TAPS = [(i, j) for i in range(3) for j in range(3)]  # a 3x3 kernel's positions, row-major
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
@@ -129,26 +140,123 @@ remat_concat_call = nnx.remat(concat_call)
 class DenseBlock(nnx.Module):
   """Dense layers `layer0`, `layer1`, ...; each adds 32 maps that all later layers read."""
 
-  def __init__(self, in_features: int, *, num_layers: int, variant: str, dtype, remat, rngs):
+  def __init__(
+    self, in_features: int, *, num_layers: int, variant: str, dtype, remat, scan_group, rngs
+  ):
     self.num_layers = num_layers
     self.remat = remat
+    self.scan_group = scan_group
     for index in range(num_layers):
       layer = DenseLayer(in_features + index * GROWTH_RATE, variant=variant, dtype=dtype, rngs=rngs)
       setattr(self, f"layer{index}", layer)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dense_layers = [getattr(self, f"layer{index}") for index in range(self.num_layers)]
-    if self.remat:
+    if self.remat and not self.scan_group:
       features = [x]
       for layer in dense_layers:
         features.append(remat_concat_call(layer, features))
       return jnp.concatenate(features, axis=-1)
     width = x.shape[-1] + self.num_layers * GROWTH_RATE
     maps = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, width - x.shape[-1])))
+    if self.scan_group:
+      for start in range(0, self.num_layers, self.scan_group):
+        group = dense_layers[start : start + self.scan_group]
+        maps = scan_dense_layers(group, maps, remat=self.remat)
+      return maps
     for layer in dense_layers:
       filled = layer.bn1.num_features
       maps = jax.lax.dynamic_update_slice_in_dim(maps, layer(maps[..., :filled]), filled, axis=3)
     return maps
+
+
+@jax.custom_vjp
+def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A 3x3 convolution with stride 1 and one pixel of zero padding (NHWC, HWIO).
+
+  The same as `nnx.Conv`'s, with the gradients written out: inside a `lax.scan` XLA:CPU ran
+  the two gradient convolutions that JAX derives ~20x slower than outside it (a dense block's
+  backward pass took 14.5 s instead of 0.75). Here the input's gradient is a convolution in the
+  forward pass's layout with the flipped kernel, and the kernel's gradient one matrix product
+  of the input with the 9 shifted copies of the output's gradient.
+
+  Example:
+
+    >>> conv3x3(jnp.ones((1, 4, 4, 8)), jnp.ones((3, 3, 8, 2))).shape
+    (1, 4, 4, 2)
+  """
+  return jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+def _conv3x3_forward(x, kernel):
+  return conv3x3(x, kernel), (x, kernel)
+
+
+def _conv3x3_backward(residuals, grad):
+  x, kernel = residuals
+  x_grad = conv3x3(grad, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+  n, height, width, channels = x.shape
+  padded = jnp.pad(grad, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # Kernel tap (i, j) pairs input pixel (p, q) with the output's gradient at (p + 1 - i, q + 1 - j).
+  shifted = [padded[:, 2 - i : 2 - i + height, 2 - j : 2 - j + width] for i, j in TAPS]
+  shifted = jnp.concatenate(shifted, axis=-1).reshape(n * height * width, -1)
+  kernel_grad = jax.lax.dot_general(x.reshape(-1, channels), shifted, (((0,), (0,)), ((), ())))
+  kernel_grad = kernel_grad.reshape(channels, 3, 3, -1).transpose(1, 2, 0, 3)
+  return x_grad, kernel_grad.astype(kernel.dtype)
+
+
+conv3x3.defvjp(_conv3x3_forward, _conv3x3_backward)
+
+
+def scan_dense_layers(group: list[DenseLayer], maps: jax.Array, *, remat: bool) -> jax.Array:
+  """Consecutive dense layers of a block applied to its buffer `maps` as one `lax.scan`.
+
+  XLA compiles a scan's body once, so a block of n layers in groups of g becomes n/g loop
+  bodies instead of n inlined layers (DenseNet-201's compile time grows with its 98 layers).
+  A scan needs one shape for every step, so each layer reads the buffer up to the group's
+  widest input, with its first BatchNorm and 1x1 convolution zero-padded to that width. The
+  padded channels hold zeros (maps not yet written); their BatchNorm output is 0 * ... + 0 = 0,
+  the ReLU keeps 0 and the zero weights add nothing, so outputs and gradients are those of the
+  unpadded layer and the real channels' statistics are unchanged. The parameters stay stored
+  per layer (weights convert unchanged): padded and stacked here, inside the forward pass; the
+  updated running statistics are sliced back to each layer's own width. The 3x3 convolution is
+  `conv3x3`, whose gradients XLA:CPU runs fast inside the scan.
+
+  Example:
+
+    >>> maps = scan_dense_layers([block.layer0, block.layer1], maps, remat=False)
+  """
+  width = group[-1].bn1.num_features
+  graphdef, _ = nnx.split(group[-1])
+  states = [nnx.state(layer) for layer in group]
+  for state in states:
+    missing = width - state["bn1"]["scale"].shape[0]
+    state["bn1"] = jax.tree.map(partial(jnp.pad, pad_width=(0, missing)), state["bn1"])
+    pad_width = ((0, 0), (0, 0), (0, missing), (0, 0))
+    state["conv1"] = jax.tree.map(partial(jnp.pad, pad_width=pad_width), state["conv1"])
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+  offsets = jnp.array([layer.bn1.num_features for layer in group], jnp.int32)
+
+  def step(maps, state_and_offset):
+    state, offset = state_and_offset
+    layer = nnx.merge(graphdef, state)
+    x = layer.conv1(jax.nn.relu(layer.bn1(maps[..., :width])))
+    x = jax.nn.relu(layer.bn2(x))
+    new_maps = conv3x3(x, layer.conv2.kernel.get_value().astype(x.dtype))
+    maps = jax.lax.dynamic_update_slice_in_dim(maps, new_maps, offset, axis=3)
+    return maps, nnx.state(layer, nnx.BatchStat)
+
+  if remat:
+    step = jax.checkpoint(step)
+  maps, statistics = jax.lax.scan(step, maps, (stacked, offsets))
+  for index, layer in enumerate(group):
+    features = layer.bn1.num_features
+    for name, stat in (("bn1", "mean"), ("bn1", "var"), ("bn2", "mean"), ("bn2", "var")):
+      value = statistics[name][stat].get_value()[index]
+      getattr(getattr(layer, name), stat).set_value(value[:features] if name == "bn1" else value)
+  return maps
 
 
 class Transition(nnx.Module):
@@ -181,6 +289,7 @@ class DenseNet(layers.Staged):
     variant: str,
     dtype,
     remat: bool,
+    scan_group: int | None = None,
     rngs: nnx.Rngs,
   ):
     check_variant(variant)
@@ -193,7 +302,13 @@ class DenseNet(layers.Staged):
     stage_names = ["stem"]
     for index, num_layers in enumerate(block_layers, start=1):
       block = DenseBlock(
-        features, num_layers=num_layers, variant=variant, dtype=dtype, remat=remat, rngs=rngs
+        features,
+        num_layers=num_layers,
+        variant=variant,
+        dtype=dtype,
+        remat=remat,
+        scan_group=scan_group,
+        rngs=rngs,
       )
       setattr(self, f"dense{index}", block)
       stage_names.append(f"dense{index}")
@@ -241,6 +356,7 @@ def _factory(arch: str):
     dtype=jnp.float32,
     variant: str = "torchvision",
     remat: bool = False,
+    scan_group: int | None = None,
   ) -> DenseNet:
     return DenseNet(
       block_layers=BLOCK_LAYERS[arch],
@@ -248,6 +364,7 @@ def _factory(arch: str):
       variant=variant,
       dtype=dtype,
       remat=remat,
+      scan_group=scan_group,
       rngs=rngs,
     )
 
@@ -260,6 +377,8 @@ def _factory(arch: str):
     dtype: compute dtype (parameters and BatchNorm stay float32).
     variant: `"torchvision"` or `"keras"`: the weight source whose BatchNorm to follow.
     remat: rematerialise each dense layer (concatenation included) in the backward pass.
+    scan_group: run each dense block as scans over groups of this many consecutive layers
+      (`scan_dense_layers`: a smaller program, compiled faster); None: every layer inlined.
 
   Returns:
     A `DenseNet` in training mode; call `model.eval()` for inference.
