@@ -17,9 +17,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CXR = ROOT / "configs" / "cxr_vgg.py"
 FOLDER = ROOT / "configs" / "classify_folder.py"
 CXR_DATA = ROOT.parent / "shared" / "data" / "cxr3"
-# classify_folder at 16x16, one epoch, a 2-fold study on the shared X-rays.
-TINY = (
-  f"data.dir={CXR_DATA}",
+# classify_folder at 16x16, one epoch, a 2-fold study (the data folder set apart).
+TINY_RUN = (
   "data.image_size=(16, 16)",
   "data.test_fraction=0.2",
   "data.num_folds=2",
@@ -29,8 +28,8 @@ TINY = (
   "model.kwargs.widths=(4, 8)",
   "eval.splits=('val', 'test')",
   "eval.grad_cam_per_class=0",
-  "train.monitor='val_loss'",
 )
+TINY = (f"data.dir={CXR_DATA}", *TINY_RUN, "train.monitor='val_loss'")  # on the shared X-rays
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
 

@@ -8,22 +8,12 @@ import importlib.util
 import pathlib
 
 import pytest
+from test_sweep import TINY_RUN as TINY  # the tests' folder lies on sys.path
 
 from jaxvir import sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CXR_DATA = ROOT.parent / "shared" / "data" / "cxr3"
-TINY = (
-  "data.image_size=(16, 16)",
-  "data.test_fraction=0.2",
-  "data.num_folds=2",
-  "data.augment.flip_horizontal=False",
-  "train.epochs=1",
-  "train.batch_size=16",
-  "model.kwargs.widths=(4, 8)",
-  "eval.splits=('val', 'test')",
-  "eval.grad_cam_per_class=0",
-)
 pytestmark = [
   pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning"),
   pytest.mark.skipif(not CXR_DATA.is_dir(), reason="needs ../shared/data/cxr3"),
