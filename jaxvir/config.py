@@ -29,7 +29,9 @@ SCHEDULES = ("constant", "warmup_cosine", "step")
 def base_config() -> ml_collections.ConfigDict:
   """The defaults of every field the training core reads (locked)."""
   config = ml_collections.ConfigDict()
-  config.trainer = "classifier"  # which train_and_evaluate runs the config
+  # Which train_and_evaluate runs the config: "classifier", "folds" (the `data.num_folds` CV folds
+  # over a cached frozen prefix as one vmapped program), "demux", "pathnet", "twinvae".
+  config.trainer = "classifier"
   config.seed = 0
 
   config.data = data.default_config()
@@ -88,9 +90,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.eval_every_epochs = 1
   config.train.monitor = "val_accuracy"  # "val_accuracy" or "val_loss"
   config.train.early_stopping_patience = 0  # evaluations without improvement; 0 disables
-  # Train all `data.num_folds` folds as one vmapped program (jaxvir.trainers.folds); needs
-  # `cache.frozen_prefix`; `data.fold` is not read.
-  config.train.vmap_folds = False
 
   # Frozen-prefix cache: "off", "memory" or "disk" (under `dir`); see jaxvir.prefix_cache.
   config.cache = ml_collections.ConfigDict()

@@ -40,6 +40,9 @@ REPORT_FORMAT = "jaxvir.report/1"
 PLOTS_DIR = "plots"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+# A classifier's labels and probabilities of each evaluated split, beside report.json: a study
+# averages the probabilities of its fold models (jaxvir.sweep).
+PREDICTIONS_FILE = "predictions_{split}.npz"
 TASKS = ("classification", "counting")
 _RATES = ("precision", "recall", "specificity", "f1")
 

@@ -171,9 +171,10 @@ def expand(
       if not item.strip() or (_is_field(item) and "=" not in item):
         raise ConfigError(f"grid item {item!r}: write an argument (vgg16, fold=3) or a field "
                           "with its value (optim.learning_rate=1e-4)")  # fmt: skip
-  # Imported here: its trainers start JAX, which importing this module must not (see
-  # keep_off_accelerators).
-  from jaxvir import config as config_lib  # noqa: PLC0415
+  # Imported here, not for a cycle: it loads JAX and every trainer (seconds), which importing
+  # this module must not (the study table and jaxvir.sweep_worker's start need neither; JAX's
+  # backend starts later still, see keep_off_accelerators).
+  from jaxvir import config as config_lib  # noqa: PLC0415  (JAX and the trainers: only here)
 
   points, names = [], set()
   for index, items in enumerate(itertools.product(*axes)):
@@ -234,7 +235,7 @@ def run_local(
     One `Outcome` per point.
   """
   if train_fn is None:
-    from jaxvir import train  # noqa: PLC0415  (imports every trainer; only running needs it)
+    from jaxvir import train  # noqa: PLC0415  (JAX and every trainer; only running needs them)
 
     train_fn = train.train_and_evaluate
   root = pathlib.Path(root)
@@ -297,7 +298,7 @@ def keep_off_accelerators() -> None:
 
   Call it before JAX runs anything (before `expand`, which imports the trainers).
   """
-  import jax  # noqa: PLC0415
+  import jax  # noqa: PLC0415  (this module stays free of JAX until a sweep parent calls this)
 
   jax.config.update("jax_platforms", "cpu")
 
@@ -541,9 +542,7 @@ def _per_class(entry_metrics: Mapping[str, Any]) -> dict[str, dict[str, float | 
 
 
 def _predictions(workdir: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-  from jaxvir.trainers import classifier  # noqa: PLC0415
-
-  path = workdir / classifier.PREDICTIONS_FILE.format(split=split)
+  path = workdir / report.PREDICTIONS_FILE.format(split=split)
   if not path.is_file():
     raise WorkdirError(f"{path} is missing; write it with python scripts/evaluate.py "
                        f"--workdir {workdir} --split {split}")  # fmt: skip

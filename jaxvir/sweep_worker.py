@@ -51,7 +51,9 @@ def main(argv=None) -> int:
   cli.configure_logging()
   try:
     config = pickle.load(sys.stdin.buffer)
-    from jaxvir import train  # noqa: PLC0415  (after the config: imports every trainer)
+    # Imported in the try, not for a cycle: a failure to load JAX or a trainer is then the
+    # run's one-line cause that the sweep lists.
+    from jaxvir import train  # noqa: PLC0415  (inside the try: its failure is the run's cause)
 
     train.train_and_evaluate(config, args.workdir, accept_changes=args.accept_changes)
   except Exception as error:  # noqa: BLE001  (the sweep lists the cause; the log keeps the rest)

@@ -21,8 +21,8 @@ and the test figures of the group's fold ensemble with bootstrap intervals.
   --index N     runs grid point N only (a SLURM array task: --index $SLURM_ARRAY_TASK_ID)
   --table_only  writes the table from the runs already in ROOT
   --vmap_folds  trains each group whose folds share a cached frozen prefix (CXR FT0, FT1) as one
-                vmapped program in ROOT/<group>_folds/, its fold folders linked as the runs'
-                workdirs (jaxvir.trainers.folds)
+                vmapped program, a run of the folds trainer in ROOT/<group>_folds/, its fold
+                folders linked as the runs' workdirs (jaxvir.sweep_folds, jaxvir.trainers.folds)
 """
 
 if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxvir.allocator)
@@ -35,7 +35,7 @@ import csv
 import pathlib
 import sys
 
-from jaxvir import cli, sweep
+from jaxvir import cli, sweep, sweep_folds
 from jaxvir.errors import ConfigError
 
 
@@ -58,7 +58,7 @@ def parse_args(argv):
   parser.add_argument("--address", help="the Ray cluster: auto, local or HOST:PORT")
   parser.add_argument("--vmap_folds", action="store_true",
                       help="train each group of folds over a cached prefix (e.g. FT0, FT1) as one "
-                      "vmapped program (jaxvir.trainers.folds)")  # fmt: skip
+                      "vmapped program: a folds run (jaxvir.sweep_folds)")  # fmt: skip
   parser.add_argument("--accept_config_changes", action="store_true",
                       help="resume runs although their config changed")  # fmt: skip
   return parser.parse_args(argv)
@@ -115,9 +115,7 @@ def main(argv=None) -> int:
     points_to_run = [] if args.table_only else points
   outcomes = []
   if args.vmap_folds:
-    from jaxvir.trainers import folds  # noqa: PLC0415  (imports JAX and the trainers)
-
-    outcomes, points_to_run = folds.run_sweep_groups(
+    outcomes, points_to_run = sweep_folds.run_sweep_groups(
       points_to_run, args.root, accept_changes=args.accept_config_changes
     )
   outcomes += run(points_to_run, args)

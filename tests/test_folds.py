@@ -1,4 +1,5 @@
-"""Tests of jaxvir.trainers.folds: the folds as one vmapped program equal separate fold runs."""
+"""Tests of jaxvir.trainers.folds (the folds as one vmapped program equal separate fold runs)
+and jaxvir.sweep_folds (the sweep's groups of folds as such runs)."""
 
 import json
 import pathlib
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvir import checkpoint, report, sweep, train
+from jaxvir import checkpoint, evaluate, report, sweep, sweep_folds, train, trainers
 from jaxvir import run as run_lib
 from jaxvir.errors import ConfigError
 from jaxvir.trainers import classifier, folds
@@ -45,6 +46,7 @@ def folds_config(cache_dir, *, epochs=5):
   config.eval.splits = ("val", "test")
   config.eval.grad_cam_per_class = 0
   config.compilation_cache_dir = ""
+  config.trainer = "folds"
   return config
 
 
@@ -57,11 +59,9 @@ def runs(tmp_path_factory):
     for name in ("_plot_classification", "_plot_training_curves"):  # seconds each, not tested
       patch.setattr(report, name, lambda *args, **kwargs: None)
     config = folds_config(root / "cache", epochs=KILLED_AFTER)  # stands in for a killed run
-    config.train.vmap_folds = True
     config.eval.splits = ()
     train.train_and_evaluate(config, root / "together")
     config = folds_config(root / "cache")
-    config.train.vmap_folds = True
     together = train.train_and_evaluate(config, root / "together", accept_changes=True)
     separate = [train.train_and_evaluate(folds.fold_config(config, fold), root / f"fold{fold}")
                 for fold in range(NUM_FOLDS)]  # fmt: skip
@@ -103,17 +103,40 @@ def test_folds_as_one_program_resumed_equal_separate_runs(runs):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                  best_params(joint), best_params(alone))  # fmt: skip
     config = json.loads((joint / run_lib.CONFIG_FILE).read_text())
-    assert config["data"]["fold"] == fold and not config["train"]["vmap_folds"]
+    assert config["data"]["fold"] == fold and config["trainer"] == "classifier"
 
 
-@pytest.mark.parametrize("field, value", [("cache.frozen_prefix", "off"), ("data.num_folds", 0)])
-def test_folds_as_one_program_need_a_cached_prefix_and_folds(tmp_path, field, value):
+def test_a_folds_run_evaluates_its_fold_runs_and_names_them_for_prediction(runs, monkeypatch):
+  root, _, _ = runs
+  for name in ("_plot_classification", "_plot_training_curves"):
+    monkeypatch.setattr(report, name, lambda *args, **kwargs: None)
+  workdir = root / "together"
+  assert run_lib.read_config(workdir).trainer == "folds"
+  expected = [report.read(workdir / folds.FOLD_DIR.format(fold=fold))["splits"]["val"]
+              for fold in range(NUM_FOLDS)]  # fmt: skip
+  entries = evaluate.evaluate_run(workdir, split="val", checkpoint="best")
+  assert list(entries) == [f"fold_{fold}/val" for fold in range(NUM_FOLDS)]
+  for entry, before in zip(entries.values(), expected, strict=True):
+    assert entry["checkpoint_step"] == before["checkpoint_step"]
+    assert entry["metrics"]["accuracy"] == pytest.approx(before["metrics"]["accuracy"])
+  with pytest.raises(ConfigError, match="fold_0"):
+    evaluate.predict_files(workdir, [root / "no_images"])
+  assert trainers.get("folds").best_mode(run_lib.read_config(workdir)) == "min"  # val_loss
+
+
+@pytest.mark.parametrize("field, value, match", [
+  ("cache.frozen_prefix", "off", "config.trainer: 'folds'"),
+  ("data.num_folds", 0, "config.trainer: 'folds'"),
+  ("freeze.thaw", ((2, ("block1/.*",)),), "config.trainer: 'folds'"),
+  ("eval.tta", "dihedral", "config.eval.tta"),  # the classifier's own checks run too
+])  # fmt: skip
+def test_folds_as_one_program_need_a_cached_prefix_and_folds(tmp_path, field, value, match):
   config = folds_config(tmp_path / "cache")
-  config.train.vmap_folds = True
   section, name = field.split(".")
   config[section][name] = value
-  with pytest.raises(ConfigError, match="vmap_folds"):
+  with pytest.raises(ConfigError, match=match):
     train.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
 
 
 CXR = pathlib.Path(__file__).resolve().parents[1] / "configs" / "cxr_vgg.py"
@@ -122,21 +145,21 @@ FOLD_ITEMS = [f"fold={fold}" for fold in range(5)]
 
 def test_the_sweep_trains_cached_fold_groups_as_one_program(tmp_path, monkeypatch):
   points = sweep.expand(f"{CXR}:runlocal", [["ft0", "ft2"], FOLD_ITEMS[::-1]])
-  groups = folds.vmapped_groups(points)
+  groups = sweep_folds.vmapped_groups(points)
   assert list(groups) == ["ft0"]  # FT2 has no cached prefix
   assert [point.config.data.fold for point in groups["ft0"]] == list(range(5))
-  assert folds.vmapped_groups(points[:3]) == {}  # not every fold
+  assert sweep_folds.vmapped_groups(points[:3]) == {}  # not every fold
 
   trained = []
 
   def fake_train(config, workdir, *, accept_changes):
-    trained.append((config.train.vmap_folds, workdir.name))
+    trained.append((config.trainer, workdir.name))
     for fold in range(config.data.num_folds):
       (workdir / folds.FOLD_DIR.format(fold=fold)).mkdir(parents=True)
 
   monkeypatch.setattr(train, "train_and_evaluate", fake_train)
-  outcomes, rest = folds.run_sweep_groups(points, tmp_path)
-  assert trained == [(True, "ft0_folds")]
+  outcomes, rest = sweep_folds.run_sweep_groups(points, tmp_path)
+  assert trained == [("folds", "ft0_folds")]
   assert [point.group for point in rest] == ["ft2"] * 5
   assert [outcome.status for outcome in outcomes] == ["finished"] * 5
   for point in groups["ft0"]:
@@ -146,7 +169,6 @@ def test_the_sweep_trains_cached_fold_groups_as_one_program(tmp_path, monkeypatc
 
 def test_a_schedule_that_differs_between_folds_is_an_error(tmp_path):
   config = folds_config(tmp_path / "cache")  # 3 and 4 steps per epoch
-  config.train.vmap_folds = True
   config.optim.schedule = "warmup_cosine"
   with pytest.raises(ConfigError, match="optim.schedule"):
     train.train_and_evaluate(config, tmp_path / "run")

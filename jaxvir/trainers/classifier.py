@@ -47,9 +47,7 @@ from jaxvir.trainers import registry
 
 log = logging.getLogger("jaxvir")
 
-# Each evaluated split's labels and probabilities, beside report.json: a study averages the
-# probabilities of its fold models (jaxvir.sweep).
-PREDICTIONS_FILE = "predictions_{split}.npz"
+PREDICTIONS_FILE = report.PREDICTIONS_FILE  # each evaluated split's labels and probabilities
 
 def _shape_keys() -> dict[str, jax.Array]:
   """Keys for `nnx.eval_shape` only: restoring a run never needs its initial values."""
@@ -258,18 +256,6 @@ def check(config: ml_collections.ConfigDict) -> None:
       config.eval.tta != "none" and config.cache.frozen_prefix != "off"):
     raise ConfigError(f"config.eval.tta: must be 'none' or 'dihedral' (with images, so "
                       f"cache.frozen_prefix='off'), not {config.eval.tta!r}")
-  if config.train.vmap_folds:
-    if config.cache.frozen_prefix == "off" or config.data.num_folds < 2:
-      raise ConfigError(
-        "config.train.vmap_folds: folds train as one program only over a cached frozen prefix "
-        f"(cache.frozen_prefix='disk' or 'memory', now {config.cache.frozen_prefix!r}) and with "
-        f"data.num_folds >= 2 (now {config.data.num_folds}); set train.vmap_folds=False"
-      )
-    if config.freeze.thaw or task.name != "classification":
-      raise ConfigError(
-        "config.train.vmap_folds: folds as one program train one softmax without thaw phases; "
-        "set train.vmap_folds=False (or freeze.thaw=() and task.name='classification')"
-      )
 
 
 def best_mode(config: ml_collections.ConfigDict) -> str:
@@ -345,10 +331,6 @@ def train(run: run_lib.Run) -> dict:
   Returns:
     The final metrics: the last validation metrics and each evaluated split's report entry.
   """
-  if run.config.train.vmap_folds:
-    from jaxvir.trainers import folds  # noqa: PLC0415  (folds imports this module)
-
-    return folds.train(run)
   config, workdir, mesh = run.config, run.workdir, run.mesh
   if config.train.batch_size % jax.device_count():
     raise ConfigError(

@@ -2,12 +2,13 @@
 
 With a cached frozen prefix (`cache.frozen_prefix`, e.g. CXR FT0/FT1) a fold's step is small
 and its data is a lookup in the shared feature table, so k separate runs mostly pay k times for
-start-up, compilation and per-step dispatch. `config.train.vmap_folds=True` trains all
-`data.num_folds` folds in one run: the classifier's own train and eval steps
-(`steps.train_step_fn`, `steps.eval_step_fn`) mapped with `jax.vmap` over a leading fold axis of
-the `TrainState`, so each fold has its own parameters, optimizer state (RMSprop moments, count)
-and learning-rate scale; each fold draws its own data order from its own train split, exactly
-as its separate run would; early stopping and reduce-on-plateau run per fold on the host.
+start-up, compilation and per-step dispatch. The trainer `config.trainer = "folds"` trains all
+`data.num_folds` folds in one run (`data.fold` is not read): the classifier's own train and
+eval steps (`steps.train_step_fn`, `steps.eval_step_fn`) mapped with `jax.vmap` over a leading
+fold axis of the `TrainState`, so each fold has its own parameters, optimizer state (RMSprop
+moments, count) and learning-rate scale; each fold draws its own data order from its own train
+split, exactly as its separate run would; early stopping and reduce-on-plateau run per fold on
+the host.
 
 Static shapes: every fold uses the same batch size, but fold train sets differ by a few images,
 so a fold may have one step less per epoch than the largest. Each program step takes one batch
@@ -18,21 +19,26 @@ padding batches, and it compiles once. The program stops when every fold has sto
 
 Outputs: the workdir's checkpoints hold the stacked states and each fold's best variables
 (kept on device, updated where a fold's evaluation is its best so far); `WORKDIR/fold_<k>/` is a
-finished run of fold k (its `config.json` with `data.fold=k`, a checkpoint of its best
-variables, `report.json`, `predictions_<split>.npz`, plots), so `scripts/evaluate.py`,
-`scripts/predict.py` and the sweep's study table read it as they read a separate run. Its
-predictions come from one vmapped pass over the cached features, which equal the full model's
-within float tolerance (`tests/test_folds.py` compares them with separate runs' at 1e-5).
+finished classifier run of fold k (its `config.json` with `data.fold=k` and `trainer`
+"classifier", a checkpoint of its best variables, `report.json`, `predictions_<split>.npz`,
+plots), so `scripts/evaluate.py`, `scripts/predict.py`, `scripts/compare.py` and the sweep's
+study table read it as they read a separate run (`scripts/evaluate.py --workdir WORKDIR`
+evaluates every fold's run; `scripts/predict.py` on `WORKDIR` names them). Its predictions come
+from one vmapped pass over the cached features, which equal the full model's within float
+tolerance (`tests/test_folds.py` compares them with separate runs' at 1e-5).
 
 Costs and limits: the stacked state holds the frozen prefix's weights k times (VGG-16's
 convolutions: 59 MB per fold); one device; one freezing phase (no `freeze.thaw`); one softmax
 (no multi-head task); a schedule other than "constant" only when all folds have the same steps
 per epoch; equal class weights in all folds. Each of these is a `ConfigError` naming the field.
 
+A sweep trains its groups of folds so with `scripts/sweep.py --vmap_folds`
+(`jaxvir.sweep_folds`).
+
 Example:
 
   python scripts/train.py --config configs/cxr_vgg.py:ft0,runlocal --workdir runs/ft0_folds \
-      --config.train.vmap_folds=True
+      --config.trainer=folds
 """
 
 import copy
@@ -50,21 +56,40 @@ from flax import nnx
 
 from jaxvir import checkpoint, data, optim, parallel, steps
 from jaxvir import run as run_lib
-from jaxvir.errors import ConfigError
-from jaxvir.trainers import classifier
+from jaxvir.errors import ConfigError, WorkdirError
+from jaxvir.trainers import classifier, registry
 
 log = logging.getLogger("jaxvir")
 
+NAME = "folds"  # the `config.trainer` value
 FOLD_DIR = "fold_{fold}"
 _SUM_NAMES = ("loss", "correct", "count", "nonfinite")
 
 
 def fold_config(config: ml_collections.ConfigDict, fold: int) -> ml_collections.ConfigDict:
-  """The config of fold `fold`'s separate run: `data.fold=fold`, `train.vmap_folds=False`."""
+  """The config of fold `fold`'s separate run: `data.fold=fold`, `trainer="classifier"`."""
   config = copy.deepcopy(config)
   config.data.fold = fold
-  config.train.vmap_folds = False
+  config.trainer = "classifier"
   return config
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """The folds program's own checks (a cached frozen prefix, at least two folds, one softmax, one
+  freezing phase), then the classifier's checks, which every fold's run passes."""
+  if config.cache.frozen_prefix == "off" or config.data.num_folds < 2:
+    raise ConfigError(
+      f"config.trainer: {NAME!r} trains the folds as one program only over a cached frozen "
+      f"prefix (cache.frozen_prefix='disk' or 'memory', now {config.cache.frozen_prefix!r}) and "
+      f"with data.num_folds >= 2 (now {config.data.num_folds}); set those, or "
+      "trainer='classifier' with one data.fold per run"
+    )
+  if config.freeze.thaw or config.task.name != "classification":
+    raise ConfigError(
+      f"config.trainer: {NAME!r} trains one softmax without thaw phases; set freeze.thaw=() and "
+      "task.name='classification', or trainer='classifier' with one data.fold per run"
+    )
+  classifier.check(config)
 
 
 def select(active: jax.Array, new, old):
@@ -154,7 +179,7 @@ def train(run: run_lib.Run) -> dict:
   """
   config, workdir, mesh = run.config, run.workdir, run.mesh
   if jax.device_count() != 1:  # one device, so one process: it writes every file
-    raise ConfigError(f"config.train.vmap_folds: runs on one device, not {jax.device_count()}; "
+    raise ConfigError(f"config.trainer: {NAME!r} runs on one device, not {jax.device_count()}; "
                       "set CUDA_VISIBLE_DEVICES to one device or train the folds separately")
   num_folds = config.data.num_folds
   configs = [fold_config(config, fold) for fold in range(num_folds)]
@@ -175,12 +200,12 @@ def train(run: run_lib.Run) -> dict:
     raise ConfigError(
       f"config.optim.schedule: the folds have {sorted(set(fold_steps))} steps per epoch, so a "
       f"{config.optim.schedule!r} schedule differs between them; use optim.schedule='constant' "
-      "without warm-up, or train.vmap_folds=False"
+      "without warm-up, or trainer='classifier' with one data.fold per run"
     )
   weights = [ds.class_weights() for ds in datasets]
   if any(not np.array_equal(w, weights[0]) for w in weights):
     raise ConfigError("config.data.balance: 'loss_weights' differ between the folds; use "
-                      "another balance, or train.vmap_folds=False")  # fmt: skip
+                      "another balance, or trainer='classifier' with one data.fold per run")
 
   # Model and optimizer, as the classifier builds them (one phase: no thaw).
   num_outputs = classifier.output_width(config, datasets[0].class_names)
@@ -367,71 +392,45 @@ def train(run: run_lib.Run) -> dict:
   return {"folds": results}
 
 
-# The sweep's hook (`scripts/sweep.py --vmap_folds`).
+def fold_dirs(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> list[pathlib.Path]:
+  """The folds run's finished fold runs, `WORKDIR/fold_<k>/` (classifier runs), in fold order.
 
-FOLDS_DIR = "{group}_folds"
-
-
-def vmapped_groups(points) -> dict[str, list]:
-  """The groups of sweep points that can train as one folds program: {group: points in fold
-  order}. A group qualifies when its points are the folds 0..k-1 of one config (they differ in
-  `data.fold` alone) and that config caches a frozen prefix (CXR FT0, FT1)."""
-  groups: dict[str, list] = {}
-  for point in points:
-    groups.setdefault(point.group, []).append(point)
-  chosen = {}
-  for group, members in groups.items():
-    config = members[0].config
-    if config.cache.frozen_prefix == "off" or config.data.num_folds < 2:
-      continue
-    base = fold_config(config, 0).to_dict()
-    members = sorted(members, key=lambda point: point.config.data.fold)
-    if ([point.config.data.fold for point in members] == list(range(config.data.num_folds))
-        and all(fold_config(point.config, 0).to_dict() == base for point in members)):  # fmt: skip
-      chosen[group] = members
-  return chosen
-
-
-def run_sweep_groups(points, root, *, accept_changes: bool = False):
-  """Trains each `vmapped_groups` group of `points` as one folds program in
-  `root/<group>_folds/` and links each point's workdir `root/<point.name>` to its fold's
-  folder, so that the study table reads them as separate runs.
-
-  A group whose runs are all finished is skipped; a point whose workdir is already a separate
-  run (a directory, not a link) keeps it.
-
-  Returns:
-    `(outcomes, rest)`: a `jaxvir.sweep.Outcome` per point of the groups run here, and the
-    other points, for the sweep's executor.
+  Raises:
+    WorkdirError: the folds run has not written them (it has not finished).
   """
-  from jaxvir import sweep, train  # noqa: PLC0415  (sweep imports no trainer; train all)
+  dirs = [pathlib.Path(workdir) / FOLD_DIR.format(fold=fold)
+          for fold in range(config.data.num_folds)]  # fmt: skip
+  missing = [d.name for d in dirs if not (d / run_lib.CONFIG_FILE).is_file()]
+  if missing:
+    raise WorkdirError(f"{workdir} has no finished fold run {', '.join(missing)}: the folds run "
+                       "has not finished; rerun its training command to resume it")  # fmt: skip
+  return dirs
 
-  root = pathlib.Path(root)
-  groups = vmapped_groups(points)
-  done = {id(point) for members in groups.values() for point in members}
-  outcomes = []
-  for group, members in groups.items():
-    if all(sweep.is_finished(root / point.name, point.config) for point in members):
-      outcomes.extend(sweep.Outcome(point, "skipped") for point in members)
-      continue
-    config = copy.deepcopy(members[0].config)
-    config.train.vmap_folds = True
-    workdir = root / FOLDS_DIR.format(group=group)
-    log.warning("sweep: %s, %d folds as one program in %s", group, len(members), workdir)
-    try:
-      train.train_and_evaluate(config, workdir, accept_changes=accept_changes)
-    except Exception as error:  # noqa: BLE001  (one failed group must not stop the study)
-      log.debug("%s failed", workdir, exc_info=True)
-      log.error("sweep: %s FAILED: %s", workdir, sweep.one_line(error))
-      outcomes.extend(sweep.Outcome(point, "failed", sweep.one_line(error)) for point in members)
-      continue
-    for fold, point in enumerate(members):
-      link = root / point.name
-      if link.is_symlink():
-        link.unlink()
-      if link.exists():
-        log.warning("sweep: %s holds a separate run; kept it beside %s", link, workdir)
-      else:
-        link.symlink_to(pathlib.Path(workdir.name) / FOLD_DIR.format(fold=fold))
-      outcomes.append(sweep.Outcome(point, "finished"))
-  return outcomes, [point for point in points if id(point) not in done]
+
+def evaluate(workdir, config, *, split: str, checkpoint: str | int) -> dict:
+  """Evaluates every fold's run (`WORKDIR/fold_<k>/`, which keeps its best checkpoint) on
+  `split` and writes the entry to its report; returns them by `fold_<k>/<split>`."""
+  entries = {}
+  for fold_dir in fold_dirs(workdir, config):
+    fold_entries = classifier.evaluate(fold_dir, run_lib.read_config(fold_dir), split=split,
+                                       checkpoint=checkpoint)  # fmt: skip
+    entries.update({f"{fold_dir.name}/{name}": entry for name, entry in fold_entries.items()})
+  return entries
+
+
+def predict(workdir, config, paths, *, checkpoint: str | int) -> list[dict]:
+  """A folds run has k models, one per fold run: predict with one of them.
+
+  Raises:
+    ConfigError: always, naming the fold runs.
+  """
+  del paths, checkpoint
+  dirs = fold_dirs(workdir, config)
+  raise ConfigError(f"{workdir} is a folds run of {len(dirs)} models, each a classifier run of "
+                    f"its own; predict with one of them: --workdir {dirs[0]} (to {dirs[-1]})")
+
+
+registry.register(registry.Trainer(
+  name=NAME, check=check, train=train, evaluate=evaluate, best_mode=classifier.best_mode,
+  predict=predict,
+))
