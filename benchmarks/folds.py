@@ -1,5 +1,5 @@
 """One CV group's folds three ways: separate runs without and with the shared feature cache, and
-the folds as one vmapped program (`config.train.vmap_folds`).
+the folds as one vmapped program (`config.trainer = "folds"`).
 
   python benchmarks/folds.py [--config configs/cxr_vgg.py:vgg16,ft0,runlocal] [--repeats 1] \
       [--set FIELD=VALUE ...] [--json OUT]
@@ -12,7 +12,7 @@ its own workdir, checkpoints and final reports (plots and Grad-CAM figures inclu
      feature table itself (the behaviour before the cache was keyed without the fold);
   b. separate runs sharing one cache directory: the first fold computes the table, the others
      read it;
-  c. one run with `train.vmap_folds=True`: the folds' trainable parts in one compiled, vmapped
+  c. one run of the `folds` trainer: the folds' trainable parts in one compiled, vmapped
      step over the shared table; its per-fold outputs are the same files as (b)'s.
 
 Every process starts on a fresh persistent compilation cache (`compilation_cache_dir`), so each
@@ -57,7 +57,7 @@ config.compilation_cache_dir = str(root / "jit")
 config.cache.dir = str(root / "features")
 start = time.perf_counter()
 if args["mode"] == "c_vmapped":
-  config.train.vmap_folds = True
+  config.trainer = folds.NAME
   train.train_and_evaluate(config, root / "folds")
 else:
   for fold in range(config.data.num_folds):
@@ -81,7 +81,7 @@ def run_child(mode: str, config: str, overrides: list[str]) -> float:
 
 def warm_data_cache(config: str, overrides: list[str]) -> None:
   """Builds the image folder's array_record cache (CLAHE included) outside the measurements."""
-  from jaxvir import data, sweep  # noqa: PLC0415
+  from jaxvir import data, sweep  # noqa: PLC0415  (not a cycle: JAX for this warm-up only)
 
   path, _, arg = config.partition(":")
   run_config = sweep.load_config_fn(path)(arg)

@@ -33,8 +33,11 @@ at most 100 epochs, early-stopping patience 10 and reduce-on-plateau by 0.1 afte
 (Keras' ReduceLROnPlateau factor) down to 1e-3 of the rate; no augmentation (a flipped chest
 X-ray is not a chest X-ray); grey images repeated to 3 channels (`data.channels`); seed 0.
 FT0 and FT1 train on frozen-prefix features cached on disk (`cache.frozen_prefix`), computed
-once for the five folds; with `train.vmap_folds=True` (`scripts/sweep.py --vmap_folds`) their
-five folds train as one vmapped program (`jaxvir.trainers.folds`).
+once for the five folds; with `--config.trainer=folds` (`scripts/sweep.py --vmap_folds`) their
+five folds train as one vmapped program (`jaxvir.trainers.folds`):
+
+  python scripts/train.py --config configs/cxr_vgg.py:ft0,runlocal --workdir runs/ft0_folds \
+      --config.trainer=folds
 """
 
 import pathlib
