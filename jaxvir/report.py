@@ -84,6 +84,10 @@ def read(workdir: str | pathlib.Path) -> dict[str, Any]:
     0.93
   """
   path = pathlib.Path(workdir) / REPORT_FILE
+  # A folds run's reports are its fold runs' (`jaxvir.trainers.folds.FOLD_DIR`).
+  if not path.is_file() and (pathlib.Path(workdir) / "fold_0" / REPORT_FILE).is_file():
+    raise FileNotFoundError(f"{workdir} is a folds run (jaxvir.trainers.folds): each fold is a run "
+                            f"of its own with its report; give those, {workdir}/fold_*")
   if not path.is_file():
     raise FileNotFoundError(
       f"{path} does not exist: evaluate the run first (python scripts/evaluate.py "

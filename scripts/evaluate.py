@@ -13,6 +13,7 @@ if __name__ == "__main__":  # first: may rerun this command under tcmalloc (jaxv
   allocator.use_preferred()
 
 import argparse
+import pathlib
 import sys
 
 from absl import flags
@@ -39,7 +40,9 @@ def main(argv=None) -> int:
     ci = "" if low is None else f" [{low:.4f}, {high:.4f}]"
     print(f"{split}: {name} {value:.4f}{ci} (n={entry['metrics'].get('num_samples')}, "
           f"checkpoint step {entry.get('checkpoint_step')})")  # fmt: skip
-  print(f"wrote {args.workdir}/report.json and {args.workdir}/plots/")
+  # A folds run's entries are those of its fold runs, named `fold_<k>/<split>`.
+  runs = dict.fromkeys(str(pathlib.Path(args.workdir, name.rpartition("/")[0])) for name in entries)
+  print(f"wrote report.json and plots/ in {', '.join(runs)}")
   return 0
 
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvir import checkpoint, evaluate, report, sweep, sweep_folds, train, trainers
+from jaxvir import checkpoint, compare, evaluate, report, sweep, sweep_folds, train, trainers
 from jaxvir import run as run_lib
 from jaxvir.errors import ConfigError
 from jaxvir.trainers import classifier, folds
@@ -106,7 +106,7 @@ def test_folds_as_one_program_resumed_equal_separate_runs(runs):
     assert config["data"]["fold"] == fold and config["trainer"] == "classifier"
 
 
-def test_a_folds_run_evaluates_its_fold_runs_and_names_them_for_prediction(runs, monkeypatch):
+def test_a_folds_run_evaluates_its_fold_runs_and_names_them_elsewhere(runs, monkeypatch):
   root, _, _ = runs
   for name in ("_plot_classification", "_plot_training_curves"):
     monkeypatch.setattr(report, name, lambda *args, **kwargs: None)
@@ -121,6 +121,10 @@ def test_a_folds_run_evaluates_its_fold_runs_and_names_them_for_prediction(runs,
     assert entry["metrics"]["accuracy"] == pytest.approx(before["metrics"]["accuracy"])
   with pytest.raises(ConfigError, match="fold_0"):
     evaluate.predict_files(workdir, [root / "no_images"])
+  rows, skipped = compare.compare_runs([workdir, *sorted(workdir.glob("fold_*"))])
+  assert [row["run"] for row in rows] == ["fold_0", "fold_1"]
+  assert skipped == [f"{workdir}: {workdir} is a folds run (jaxvir.trainers.folds): each fold is "
+                     f"a run of its own with its report; give those, {workdir}/fold_*"]
   assert trainers.get("folds").best_mode(run_lib.read_config(workdir)) == "min"  # val_loss
 
 
