@@ -21,6 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxvir import cli, report, train
+from jaxvir.trainers import folds
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/NAME/TIMESTAMP).")
@@ -41,7 +42,12 @@ def main(argv) -> int:
   log = logging.getLogger("jaxvir")
   log.info("workdir: %s", workdir)
   train.train_and_evaluate(_CONFIG.value, workdir, accept_changes=_ACCEPT.value)
-  print(f"\n{workdir}/report.json:\n{report.summary_table(workdir)}")
+  # A folds run's reports are those of its fold runs.
+  runs = [workdir]
+  if _CONFIG.value.trainer == folds.NAME:
+    runs = folds.fold_dirs(workdir, _CONFIG.value)
+  for run in runs:
+    print(f"\n{run}/report.json:\n{report.summary_table(run)}")
   return 0
 
 
