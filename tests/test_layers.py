@@ -94,6 +94,28 @@ class ConvBlock(nnx.Module):
     return jax.nn.relu(self.bn(self.conv(x))) + x
 
 
+def test_batch_norm_with_given_statistics_equals_its_own_in_values_updates_and_gradients():
+  # The shared-statistics form (a DenseNet block's) folds the normalisation into x * a + b; fed
+  # `moments(x)`, it must equal the layer computing its own moments, gradients through the
+  # moments included, up to rounding. The moments are Flax's (mean and fast variance).
+  x = jax.random.normal(jax.random.key(0), (4, 5, 5, 6)) * 2.0 + 3.0
+  flax_mean = jnp.mean(x, axis=(0, 1, 2))
+  flax_var = jnp.maximum(0.0, jnp.mean(x**2, axis=(0, 1, 2)) - flax_mean**2)
+  np.testing.assert_allclose(layers.moments(x), (flax_mean, flax_var), rtol=1e-6)
+
+  def run(x, *, shared):
+    bn = layers.batch_norm(6, source="torchvision", rngs=nnx.Rngs(0))
+    bn.scale.set_value(jnp.linspace(0.5, 1.5, 6))
+    bn.bias.set_value(jnp.linspace(-0.2, 0.3, 6))
+    y = bn(x, statistics=layers.moments(x) if shared else None)
+    return jnp.sum(jnp.sin(y)), (y, bn.mean.get_value(), bn.var.get_value())
+
+  expected = jax.grad(run, has_aux=True)(x, shared=False)
+  actual = jax.grad(run, has_aux=True)(x, shared=True)
+  for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_cached_call_block_traces_equal_blocks_once_and_computes_the_same():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 4)), jnp.float32)
   make_blocks = lambda: nnx.List([ConvBlock(rngs=nnx.Rngs(seed)) for seed in range(3)])

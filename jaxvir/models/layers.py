@@ -112,7 +112,22 @@ class BatchNorm(nnx.BatchNorm):
   last axis, scale and bias, no `mask`, no `axis_name`.
   """
 
-  def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    use_running_average: bool | None = None,
+    statistics: tuple[jax.Array, jax.Array] | None = None,
+  ) -> jax.Array:
+    """Normalises `x`; in training, by its batch `moments` or by the given `statistics`.
+
+    `statistics=(mean, var)` are `moments(x)` computed by a caller that shares them between
+    layers reading the same kept maps (a DenseNet block's buffer); the running statistics are
+    updated with them as with the layer's own. Then the normalisation is folded into one
+    per-channel multiply-add, `x * a + (bias - mean * a)`, because the centered form makes XLA
+    keep a centered copy of `x` for the backward pass in every layer, while `x` is kept anyway;
+    the two differ by rounding only.
+    """
     if use_running_average is None:
       use_running_average = self.use_running_average
     y = x.astype(jnp.float32)
@@ -120,13 +135,15 @@ class BatchNorm(nnx.BatchNorm):
     if use_running_average:
       mean, var = self.mean.get_value(), self.var.get_value()
     else:
-      axes, count = tuple(range(y.ndim - 1)), float(math.prod(y.shape[:-1]))
-      squares = jax.lax.square(y)
-      mean = jax.lax.div(jax.lax.reduce_sum(y, axes), count)
-      mean_of_squares = jax.lax.div(jax.lax.reduce_sum(squares, axes), count)
-      var = jax.lax.max(0.0, jax.lax.sub(mean_of_squares, jax.lax.square(mean)))
+      mean, var = moments(y) if statistics is None else statistics
       self.mean.set_value(self._running_average(self.mean.get_value(), mean))
       self.var.set_value(self._running_average(self.var.get_value(), var))
+    if statistics is not None:
+      multiplier = jax.lax.rsqrt(jax.lax.add(var, self.epsilon))
+      multiplier = jax.lax.mul(multiplier, self.scale.get_value())
+      bias = jax.lax.sub(self.bias.get_value(), jax.lax.mul(mean, multiplier))
+      y = jax.lax.mul(y, jax.lax.reshape(multiplier, stats_shape))
+      return jax.lax.add(y, jax.lax.reshape(bias, stats_shape)).astype(x.dtype)
     mean, var = jax.lax.reshape(mean, stats_shape), jax.lax.reshape(var, stats_shape)
     y = jax.lax.sub(y, mean)
     multiplier = jax.lax.rsqrt(jax.lax.add(var, self.epsilon))
@@ -137,6 +154,23 @@ class BatchNorm(nnx.BatchNorm):
   def _running_average(self, average: jax.Array, value: jax.Array) -> jax.Array:
     decayed = jax.lax.mul(self.momentum, average)
     return jax.lax.stop_gradient(jax.lax.add(decayed, jax.lax.mul(1 - self.momentum, value)))
+
+
+def moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-channel (last axis) batch mean and variance in float32, as `BatchNorm` computes them:
+  Flax's fast variance `E[x^2] - E[x]^2`, clipped at zero.
+
+  Example:
+
+    >>> moments(jnp.array([[1.0], [3.0]]))
+    (Array([2.], dtype=float32), Array([1.], dtype=float32))
+  """
+  y = x.astype(jnp.float32)
+  axes, count = tuple(range(y.ndim - 1)), float(math.prod(y.shape[:-1]))
+  squares = jax.lax.square(y)
+  mean = jax.lax.div(jax.lax.reduce_sum(y, axes), count)
+  mean_of_squares = jax.lax.div(jax.lax.reduce_sum(squares, axes), count)
+  return mean, jax.lax.max(0.0, jax.lax.sub(mean_of_squares, jax.lax.square(mean)))
 
 
 def batch_norm(num_features: int, *, source: str, rngs: nnx.Rngs) -> BatchNorm:
