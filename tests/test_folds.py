@@ -94,8 +94,8 @@ def test_folds_as_one_program_resumed_equal_separate_runs(runs):
   for fold in range(NUM_FOLDS):
     alone, joint = root / f"fold{fold}", root / "together" / folds.FOLD_DIR.format(fold=fold)
     for split in ("val", "test"):
-      expected = np.load(alone / classifier.PREDICTIONS_FILE.format(split=split))
-      actual = np.load(joint / classifier.PREDICTIONS_FILE.format(split=split))
+      expected = np.load(alone / report.PREDICTIONS_FILE.format(split=split))
+      actual = np.load(joint / report.PREDICTIONS_FILE.format(split=split))
       np.testing.assert_array_equal(actual["labels"], expected["labels"])
       np.testing.assert_allclose(actual["probs"], expected["probs"], atol=1e-5)
       assert report.read(joint)["splits"][split]["metrics"]["accuracy"] == pytest.approx(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxvir import config as config_lib
-from jaxvir import data, metrics, models, sweep
+from jaxvir import data, metrics, models, report, sweep
 from jaxvir.errors import ConfigError
 from jaxvir.trainers import classifier
 
@@ -151,7 +151,7 @@ def test_tiny_study_writes_the_table_with_ensemble_test_figures(tiny_study):
   best = min(rows, key=lambda row: row["val_loss_mean"])
   assert best["best"] and all(row["folds"] == 2 for row in rows)
   # The test figure is the fold ensemble's: the mean of the two fold models' probabilities.
-  loaded = [np.load(root / p.name / classifier.PREDICTIONS_FILE.format(split="test"))
+  loaded = [np.load(root / p.name / report.PREDICTIONS_FILE.format(split="test"))
             for p in points[:2]]  # fmt: skip
   ensemble = metrics.classification_report(
     loaded[0]["labels"],
@@ -163,7 +163,7 @@ def test_tiny_study_writes_the_table_with_ensemble_test_figures(tiny_study):
   assert rows[0]["test_covid_auc"] == ensemble["per_class"]["covid"]["roc_auc"]
   assert "val_normal_specificity_sd" in rows[0] and "test_accuracy_low" in rows[0]
   # The fold's validation loss is its best checkpoint's, from its own predictions.
-  val = np.load(root / points[0].name / classifier.PREDICTIONS_FILE.format(split="val"))
+  val = np.load(root / points[0].name / report.PREDICTIONS_FILE.format(split="val"))
   assert np.isfinite(sweep._log_loss(val["labels"], val["probs"]))
 
   spec = importlib.util.spec_from_file_location("sweep_script", ROOT / "scripts" / "sweep.py")

@@ -47,7 +47,6 @@ from jaxvir.trainers import registry
 
 log = logging.getLogger("jaxvir")
 
-PREDICTIONS_FILE = report.PREDICTIONS_FILE  # each evaluated split's labels and probabilities
 
 def _shape_keys() -> dict[str, jax.Array]:
   """Keys for `nnx.eval_shape` only: restoring a run never needs its initial values."""
@@ -585,7 +584,7 @@ def write_split_report(
   run: Restored, split: str, labels: np.ndarray, probs: np.ndarray, *, workdir: pathlib.Path
 ) -> dict:
   """`report_split`'s files from the split's labels and probabilities (`predict_split`)."""
-  np.savez(workdir / PREDICTIONS_FILE.format(split=split), labels=labels, probs=probs)
+  np.savez(workdir / report.PREDICTIONS_FILE.format(split=split), labels=labels, probs=probs)
   spec = head_spec(run.config)
   extra = {"checkpoint_step": run.step, "data": run.dataset.description}
   if spec is not None:

@@ -93,7 +93,7 @@ def _line_results(workdir: pathlib.Path, spec: tasks.HeadSpec, split: str) -> di
   results = {}
   for head in spec.heads:
     line_dir = workdir / head.name
-    path = line_dir / classifier.PREDICTIONS_FILE.format(split=split)
+    path = line_dir / report.PREDICTIONS_FILE.format(split=split)
     if not path.is_file():
       raise DataError(
         f"{line_dir} has no predictions of the {split!r} split; evaluate it with python "
