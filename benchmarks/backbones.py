@@ -43,7 +43,7 @@ from torch_models import ARCHS, jaxvir_weights, numpy_images, torch_model
 from jaxvir import allocator, models, optim, parallel, prefix_cache, steps, tasks, xla
 from jaxvir import config as config_lib
 from jaxvir.models import layers, presets
-from jaxvir.models.weights import CONVERTED, model_targets
+from jaxvir.models.weights import model_targets, set_weights, stacked_layer_paths
 
 LEARNING_RATE = 1e-3
 MOMENTUM = 0.9
@@ -111,15 +111,17 @@ def _is_abstract(tree) -> bool:
   return any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(tree))
 
 
-def load_torch_weights(model, torch_net: torch.nn.Module, arch: str) -> dict[str, str]:
+def load_torch_weights(model, torch_net: torch.nn.Module, arch: str) -> dict[str, list[str]]:
   """Fills an abstract jaxvir model with the torch model's weights (in place, as
-  `load_pretrained` does); returns the torch name of every jaxvir path."""
+  `load_pretrained` does); returns the torch names of every jaxvir path (several for the
+  stacked layers of a DenseNet)."""
   targets, _ = model_targets(model)
-  weights, torch_names = jaxvir_weights(torch_net, arch, targets)
-  state = nnx.state(model, CONVERTED)
-  for path, variable in nnx.to_flat_state(state):
-    variable.set_value(jnp.asarray(weights["/".join(map(str, path))]))
-  nnx.update(model, state)
+  weights, names_by_target = jaxvir_weights(torch_net, arch, targets)
+  set_weights(model, weights)
+  stacks = stacked_layer_paths(model)
+  torch_names = {}
+  for target, name in names_by_target.items():
+    torch_names.setdefault(stacks[target][0] if target in stacks else target, []).append(name)
   rngs = nnx.Rngs(0)
   for _, module in nnx.iter_modules(model):
     if isinstance(module, nnx.Dropout):
@@ -127,12 +129,13 @@ def load_torch_weights(model, torch_net: torch.nn.Module, arch: str) -> dict[str
   return torch_names
 
 
-def freeze_torch(torch_net, labels, torch_names: dict[str, str]) -> list[torch.nn.Parameter]:
+def freeze_torch(torch_net, labels, torch_names: dict[str, list[str]]) -> list[torch.nn.Parameter]:
   """Sets `requires_grad=False` on the parameters jaxvir freezes; returns the trainable ones."""
   frozen = {
-    torch_names[path]
+    name
     for path, label in zip(optim.parameter_paths(labels), jax.tree.leaves(labels), strict=True)
     if label == optim.FROZEN
+    for name in torch_names[path]
   }
   trainable = []
   for name, parameter in torch_net.named_parameters():

@@ -277,8 +277,7 @@ def make_classifier(args, mesh) -> Classifier:
     _, sums = tasks.classification_loss(logits, batch["label"], mask=batch["mask"])
     return sums, jax.nn.softmax(logits.astype(jnp.float32))
 
-  sizes = [(np.size(p), label) for p, label in
-           zip(jax.tree.leaves(abstract_params), jax.tree.leaves(labels), strict=True)]
+  sizes = list(zip(optim.parameter_counts(abstract_params), jax.tree.leaves(labels), strict=True))
   return Classifier(
     state=state,
     train_step=steps.make_train_step(

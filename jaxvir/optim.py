@@ -100,13 +100,35 @@ class FreezeRules:
     return map_paths(label, params)
 
 
+def parameter_count(variable) -> int:
+  """The parameters in an `nnx.Variable` (or array): its size less the zero padding of layers
+  stored stacked (`padding` metadata, `jaxvir.models.densenet.DenseLayerStack`).
+
+  Example:
+
+    >>> parameter_count(nnx.Param(jnp.zeros((2, 3)), padding=1))
+    5
+  """
+  if not isinstance(variable, nnx.Variable):
+    return int(np.size(variable))
+  return int(np.size(variable.get_value())) - variable.get_metadata().get("padding", 0)
+
+
+def parameter_counts(params) -> list[int]:
+  """`parameter_count` of each leaf of a parameter tree, in `jax.tree.leaves` order."""
+  is_variable = lambda leaf: isinstance(leaf, nnx.Variable)  # noqa: E731
+  return [parameter_count(leaf) for leaf in jax.tree.leaves(params, is_leaf=is_variable)]
+
+
 def count_table(params, labels, *, depth: int = 1) -> str:
   """A text table of trainable and frozen parameter counts per group (path prefix)."""
   counts: dict[str, list[int]] = {}
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  for (keypath, value), label in zip(leaves, jax.tree.leaves(labels), strict=True):
+  for (keypath, _), count, label in zip(
+    leaves, parameter_counts(params), jax.tree.leaves(labels), strict=True
+  ):
     group = "/".join(path_string(keypath).split("/")[:depth])
-    counts.setdefault(group, [0, 0])[label == FROZEN] += int(np.size(value))
+    counts.setdefault(group, [0, 0])[label == FROZEN] += count
   width = max(len("group"), *(len(g) for g in counts))
   rows = [*counts.items(), ("total", [sum(c[0] for c in counts.values()),
                                       sum(c[1] for c in counts.values())])]

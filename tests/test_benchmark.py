@@ -96,11 +96,11 @@ def _random_state(abstract_state, seed: int = 0):
   def fill(keypath, leaf):
     if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
       return jax.random.wrap_key_data(np.zeros((*leaf.shape, 2), np.uint32))
-    if leaf.ndim >= 2:
+    name = optim.path_string(keypath)
+    if leaf.ndim >= 2 and not name.endswith(("scale", "bias", "mean", "var")):  # (stacked) kernels
       scale = 1.0 / np.sqrt(np.prod(leaf.shape[:-1]))
       return (rng.standard_normal(leaf.shape, np.float32) * scale).astype(leaf.dtype)
-    one = optim.path_string(keypath).endswith(("scale", "var"))
-    return np.full(leaf.shape, float(one), leaf.dtype)
+    return np.full(leaf.shape, float(name.endswith(("scale", "var"))), leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(fill, abstract_state)
 

@@ -18,7 +18,7 @@ from references import (
 )
 from references_densenet import TorchDenseNet, legacy_state_dict, torch_densenet
 
-from jaxvir import models
+from jaxvir import models, optim
 from jaxvir.models import densenet, weights
 from jaxvir.models.pretrained import load_pretrained
 from jaxvir.models.weights import rules, tables
@@ -114,6 +114,8 @@ def test_densenet169_conversion_fills_every_variable_exactly_once():
   model = nnx.eval_shape(lambda: models.create("densenet169", rngs=nnx.Rngs(0)))
   targets, param_count = weights.model_targets(model)
   assert param_count == PARAMETER_COUNTS["densenet169"]
+  # The run's parameter table counts the stored parameters less the stacks' padding.
+  assert sum(optim.parameter_counts(nnx.state(model, nnx.Param))) == param_count
   filled = weights.apply_rules(
     tensors, table.rules + table.head, targets=targets, ignore=table.ignore
   )
@@ -184,8 +186,10 @@ def test_keras_parity_from_both_file_layouts(tmp_path):
 
 
 def tiny_densenet(**kwargs) -> densenet.DenseNet:
+  """Dense blocks of (2, 1, 2, 1) layers, the third block's two stored as one stack."""
   options = dict(
-    block_layers=(2, 1, 2, 1), num_classes=3, variant="torchvision", remat=False, dtype=jnp.float32
+    block_layers=(2, 1, 2, 1), layer_groups=(1, 1, 2, 1), num_classes=3, variant="torchvision",
+    remat=False, dtype=jnp.float32,
   )
   return densenet.DenseNet(**(options | kwargs))
 
@@ -269,7 +273,7 @@ def test_block_buffer_and_remat_equal_concatenation_in_values_gradients_and_stat
   x = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
 
   def results(forward, *, remat=False):
-    model = tiny_densenet(rngs=nnx.Rngs(0), remat=remat)
+    model = tiny_densenet(layer_groups=(1, 1, 1, 1), rngs=nnx.Rngs(0), remat=remat)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(params, x):
@@ -300,37 +304,84 @@ def test_parameter_paths_are_those_of_the_weight_tables():
   assert paths["dense1/layer1/conv2/kernel"] == (3, 3, 128, 32)
   assert paths["transition1/conv/kernel"] == (1, 1, 128, 64)
   assert not any("maps" in path for path in paths)
+  # Block 3 reads 48 maps: its two layers stacked, the first padded from 48 to 80 inputs.
+  assert paths["dense3/layers0_1/conv1/kernel"] == (2, 1, 1, 48 + 32, 128)
+  assert paths["dense3/layers0_1/bn2/var"] == (2, 128)
+  targets, _ = weights.model_targets(model)
+  assert targets["dense3/layer0/conv1/kernel"] == (1, 1, 48, 128)
+  assert targets["dense3/layer1/bn1/mean"] == (48 + 32,)
+  assert not any("layers0_1" in path for path in targets)
 
 
-def test_scanned_groups_equal_the_block_buffer_in_values_gradients_and_statistics():
-  # A block of 3 layers in groups of 2: a scan over 2 padded layers, then one of a single layer.
+def logical_flat(tree: nnx.State, model: densenet.DenseNet) -> dict[str, np.ndarray]:
+  """A state tree of `model` by the paths of an unstacked model (each stacked layer's slice)."""
+  flat = {"/".join(map(str, p)): np.asarray(v) for p, v in nnx.to_flat_state(tree)}
+  stacks = weights.stacked_layer_paths(model)
+  stacked = {stack for stack, _, _ in stacks.values()}
+  logical = {path: value for path, value in flat.items() if path not in stacked}
+  for path, (stack, index, shape) in stacks.items():
+    if stack in flat:
+      logical[path] = flat[stack][(index, *(slice(0, size) for size in shape))]
+  return logical
+
+
+def test_stacked_layers_equal_separate_layers_in_values_gradients_and_statistics():
+  # Stacks of 2 and 3 layers (blocks of 2 and 3) and a stack plus a single layer (a block of 3 in
+  # groups of 2), against the same weights stored one layer at a time.
   x = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
+  block_layers = (2, 3, 3, 1)
+  separate = tiny_densenet(block_layers=block_layers, layer_groups=(1, 1, 1, 1), rngs=nnx.Rngs(0))
+  weights_by_layer = logical_flat(nnx.state(separate), separate)
 
-  def results(**kwargs):
-    model = tiny_densenet(block_layers=(3,), rngs=nnx.Rngs(0), **kwargs)
+  def results(model, *, remat=False):
+    stacked_weights = weights.stack_layers(model, weights_by_layer)
+    for path, variable in nnx.to_flat_state(nnx.state(model)):
+      variable.set_value(jnp.asarray(stacked_weights["/".join(map(str, path))]))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(params, x):
       model = nnx.merge(graphdef, params, rest, copy=True)
       logits = model(x)
       statistics = nnx.state(model, nnx.BatchStat)
-      model.eval()  # reads the running statistics, padded like the parameters
+      model.eval()  # reads the running statistics, stacked and padded like the parameters
       return jnp.sum(logits**2), (logits, model(x), statistics)
 
     return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(params, x)
 
-  buffer = results()
-  for name, result in [
-    ("scan", results(scan_group=2)),
-    ("scan remat", results(scan_group=2, remat=True)),
-  ]:
-    assert jax.tree.structure(result) == jax.tree.structure(buffer)  # same paths and shapes
-    # Relative to each tree's largest value, as in the test above (BatchNorm gradients cancel).
-    for part, expected, actual in zip(("gradients", "values"), buffer, result, strict=True):
-      scale = max(np.abs(leaf).max() for leaf in jax.tree.leaves(expected))
-      for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale, err_msg=f"{name} {part}")
+  (expected_grads, expected_x), expected_values = results(separate)
+  for remat in (False, True):
+    model = tiny_densenet(
+      block_layers=block_layers, layer_groups=(2, 3, 2, 1), remat=remat, rngs=nnx.Rngs(1)
+    )
+    (grads, x_grad), (logits, eval_logits, statistics) = results(model, remat=remat)
+    name = f"remat={remat}"
+    separate_grads = logical_flat(expected_grads, separate)
+    stacked_grads = logical_flat(grads, model)
+    assert set(stacked_grads) == set(separate_grads)
+    scale = max(np.abs(v).max() for v in separate_grads.values())
+    for path, value in separate_grads.items():
+      np.testing.assert_allclose(stacked_grads[path], value, rtol=0, atol=1e-5 * scale,
+                                 err_msg=f"{name} gradient {path}")
+    # The padding gets exactly zero gradients, so no optimizer moves it.
+    for stored_path, stack in nnx.to_flat_state(grads):
+      stored = "/".join(map(str, stored_path))
+      if stored.split("/")[1].startswith("layers") and ("bn1" in stored or "conv1" in stored):
+        widths = getattr(getattr(model, stored.split("/")[0]), stored.split("/")[1]).widths
+        for index, width in enumerate(widths):
+          axis = -1 if "bn1" in stored else -2
+          padded = np.take(np.asarray(stack)[index], np.arange(width, widths[-1]), axis=axis)
+          assert not padded.any(), f"{name}: {stored}[{index}] padding has gradients"
+    scale = np.abs(expected_x).max()
+    np.testing.assert_allclose(x_grad, expected_x, rtol=0, atol=1e-5 * scale, err_msg=name)
+    for what, actual, expected in zip(("logits", "eval logits"), (logits, eval_logits),
+                                      expected_values[:2], strict=True):
+      np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5, err_msg=f"{name} {what}")
+    separate_stats = logical_flat(expected_values[2], separate)
+    stacked_stats = logical_flat(statistics, model)
+    assert set(stacked_stats) == set(separate_stats)
+    for path, value in separate_stats.items():
+      np.testing.assert_allclose(stacked_stats[path], value, rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{name} statistic {path}")
 
 
 def test_training_gradients_are_as_accurate_as_torchvisions(monkeypatch):
@@ -348,12 +399,10 @@ def test_training_gradients_are_as_accurate_as_torchvisions(monkeypatch):
   reference = randomise_batch_norms(TorchDenseNet((2, 1, 2, 1), num_classes=3), seed=0).train()
   model = tiny_densenet(rngs=nnx.Rngs(0))
   table = tables.densenet_torchvision("tiny")
-  flat = rules.apply_rules(
+  weights.set_weights(model, rules.apply_rules(
     {name: tensor.numpy() for name, tensor in reference.state_dict().items()},
     (*table.rules, *table.head), targets=weights.model_targets(model)[0], ignore=table.ignore,
-  )
-  for path, variable in nnx.to_flat_state(nnx.state(model)):
-    variable.set_value(jnp.asarray(flat["/".join(map(str, path))]))
+  ))
   images = np.random.default_rng(4).standard_normal((4, 64, 64, 3)).astype(np.float32)
   names = model.stage_names
 

@@ -61,10 +61,7 @@ def converted(reference, model):
   targets = weights.model_targets(model)[0]
   rules = table.rules + table.top + table.head
   filled = weights.apply_rules(tensors, rules, targets=targets, ignore=table.ignore)
-  state = nnx.state(model, weights.CONVERTED)
-  for path, variable in nnx.to_flat_state(state):
-    variable.set_value(jnp.asarray(filled["/".join(map(str, path))]))
-  nnx.update(model, state)
+  weights.set_weights(model, filled)
   return model
 
 

@@ -7,9 +7,11 @@ transitions halving the channels, symmetric padding); they differ in BatchNorm e
 momentum (torchvision 1e-5 and 0.1, Keras 1.001e-5 and 0.99). Both preprocess the same way
 (Keras' "torch" mode is torchvision's ImageNet normalisation).
 
-Parameter paths: `stem/{conv,bn}`, `dense{1..4}/layer{i}/{bn1,conv1,bn2,conv2}`,
+Parameter paths: `stem/{conv,bn}`, `dense{1..4}/layer{i}/{bn1,conv1,bn2,conv2}` for layers
+stored one by one and `dense{3,4}/layers{i}_{j}/...` for layers i..j stored stacked (below),
 `transition{1..3}/{bn,conv}`, `final_bn` (the BatchNorm after the last dense block, part of the
-backbone) and `head` (the final linear layer).
+backbone) and `head` (the final linear layer). Weight conversion fills stacked layers by their
+own `layer{i}` paths (`DenseLayerStack.layer_slots`).
 
 A dense layer reads the concatenation of all earlier feature maps of its block. A block keeps
 its maps in one buffer of its final width, each layer writing its 32 maps in place
@@ -26,19 +28,21 @@ later layer's first BatchNorm (`layers.BatchNorm(statistics=...)`, which then fo
 normalisation into one multiply-add and keeps no centered copy of the buffer per layer); and
 each transition pools before its convolution (`Transition`). Together 0.82x the step time.
 
-`scan_group=g` (off by default) runs each block as `lax.scan`s over groups of g layers
-zero-padded to the group's widest input (`scan_dense_layers`; equal to the buffer, tested), so
-XLA compiles one loop body per group instead of every layer. It trades compile time for step
-time: DenseNet-201's training step ran 1.14x (g=4) and 1.24x (g=8) the buffer's time (the
-padding adds BatchNorm and 1x1 work; not profiled; measured before the buffer's shared
-moments, which the scan does not use), too slow to be the default
-(`benchmarks/README.md`, "DenseNet-201 against ResNet-50").
+Blocks 3 and 4 store their layers in stacks of 8 (`LAYER_GROUPS`, `DenseLayerStack`), each run
+as one `lax.scan`, so that XLA compiles one loop body per stack instead of every layer: with 98
+layers of distinct input widths, nothing else was shared, and DenseNet-201's training step took
+6x ResNet-50's time to compile. A scan needs one shape per step, so a stack's layers are
+zero-padded to its widest input and the padding is masked off (outputs, gradients and running
+statistics equal separate layers', tested; the padding gets zero gradients and is not counted
+as parameters). Inside a scan every value saved for the backward pass is stacked over the
+steps, so a stacked layer saves only its 1x1 convolution's output and recomputes the BatchNorm
+and ReLU before it (`remat_masked_bottleneck`). DenseNet-201's cold compile fell from 35 to 14 s
+(2.55x ResNet-50's) with the step time unchanged (`benchmarks/README.md`, "DenseNet-201
+against ResNet-50").
 
-`remat=True` rematerialises each layer with its concatenation, so that only the individual maps
-need to be kept for the backward pass (the memory-efficient DenseNet of Pleiss et al., 2017).
-XLA's CPU backend currently schedules the recomputation early and keeps the residuals alive
-anyway (same compiled temp memory; see `benchmarks/memory.py`). With `scan_group`, each scanned
-layer is rematerialised from the buffer it reads.
+`remat=True` rematerialises each layer from the buffer it reads in the backward pass. XLA's CPU
+backend currently schedules the recomputation early and keeps the residuals alive anyway (same
+compiled temp memory; see `benchmarks/memory.py`).
 
 Example:
 
@@ -66,6 +70,15 @@ BLOCK_LAYERS = {
 GROWTH_RATE = 32
 BOTTLENECK_WIDTH = 4 * GROWTH_RATE
 STEM_FEATURES = 64
+# Layers per stored group in each dense block (`DenseBlock`): groups of more than one layer are
+# stacked and scanned (`DenseLayerStack`), compiled once per group instead of once per layer.
+# Stacking pads each layer's input to the group's widest, which costs most where inputs are
+# narrow and maps large: blocks 1 and 2 (18 of DenseNet-201's 98 layers) stay unstacked.
+# Chosen on DenseNet-201's training step: groups of 8 in blocks 3 and 4 cut its cold compile
+# from 35 to 14 s (`benchmarks/README.md`, "DenseNet-201 against ResNet-50"). In a one-off
+# prototype of the step, stacking block 2 in fours as well compiled 13% faster and stepped 3%
+# slower, groups of 16 compiled 20% faster and stepped 4.5% slower.
+LAYER_GROUPS = (1, 1, 8, 8)
 TAPS = [(i, j) for i in range(3) for j in range(3)]  # a 3x3 kernel's positions, row-major
 
 
@@ -137,60 +150,6 @@ class DenseLayer(nnx.Module):
     return self.conv2(jax.nn.relu(self.bn2(x)))
 
 
-def concat_call(layer: DenseLayer, features: list[jax.Array]) -> jax.Array:
-  """`layer` applied to the concatenation of `features`; a function so `nnx.remat` can wrap it."""
-  return layer(jnp.concatenate(features, axis=-1))
-
-
-remat_concat_call = nnx.remat(concat_call)
-
-
-class DenseBlock(nnx.Module):
-  """Dense layers `layer0`, `layer1`, ...; each adds 32 maps that all later layers read."""
-
-  def __init__(
-    self, in_features: int, *, num_layers: int, variant: str, dtype, remat, scan_group, rngs
-  ):
-    self.num_layers = num_layers
-    self.remat = remat
-    self.scan_group = scan_group
-    for index in range(num_layers):
-      layer = DenseLayer(in_features + index * GROWTH_RATE, variant=variant, dtype=dtype, rngs=rngs)
-      setattr(self, f"layer{index}", layer)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    dense_layers = [getattr(self, f"layer{index}") for index in range(self.num_layers)]
-    if self.remat and not self.scan_group:
-      features = [x]
-      for layer in dense_layers:
-        features.append(remat_concat_call(layer, features))
-      return jnp.concatenate(features, axis=-1)
-    width = x.shape[-1] + self.num_layers * GROWTH_RATE
-    maps = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, width - x.shape[-1])))
-    if self.scan_group:
-      for start in range(0, self.num_layers, self.scan_group):
-        group = dense_layers[start : start + self.scan_group]
-        maps = scan_dense_layers(group, maps, remat=self.remat)
-      return maps
-    # In training every layer's first BatchNorm needs the batch moments of the maps it reads,
-    # which are written once and never change: computed once per map here, not per layer.
-    # They are kept like the maps, in (mean, var) vectors of the block's final width.
-    training = not dense_layers[0].bn1.use_running_average
-    if training:
-      moments = [jnp.pad(m, (0, width - x.shape[-1])) for m in layers.moments(x)]
-    for layer in dense_layers:
-      filled = layer.bn1.num_features
-      statistics = tuple(m[:filled] for m in moments) if training else None
-      new_maps = layer(maps[..., :filled], statistics=statistics)
-      maps = jax.lax.dynamic_update_slice_in_dim(maps, new_maps, filled, axis=3)
-      if training:
-        moments = [
-          jax.lax.dynamic_update_slice_in_dim(m, new, filled, axis=0)
-          for m, new in zip(moments, layers.moments(new_maps), strict=True)
-        ]
-    return maps
-
-
 @jax.custom_vjp
 def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """A 3x3 convolution with stride 1 and one pixel of zero padding (NHWC, HWIO).
@@ -231,53 +190,169 @@ def _conv3x3_backward(residuals, grad):
 conv3x3.defvjp(_conv3x3_forward, _conv3x3_backward)
 
 
-def scan_dense_layers(group: list[DenseLayer], maps: jax.Array, *, remat: bool) -> jax.Array:
-  """Consecutive dense layers of a block applied to its buffer `maps` as one `lax.scan`.
+def masked_bottleneck(layer, x: jax.Array, statistics, offset: jax.Array) -> jax.Array:
+  """A stacked layer's first BatchNorm, ReLU and 1x1 convolution, its padding (the channels
+  from `offset` on) masked off after the ReLU."""
+  x = jax.nn.relu(layer.bn1(x, statistics=statistics))
+  return layer.conv1(jnp.where(jax.lax.iota(jnp.int32, x.shape[-1]) < offset, x, 0))
 
-  XLA compiles a scan's body once, so a block of n layers in groups of g becomes n/g loop
-  bodies instead of n inlined layers (DenseNet-201's compile time grows with its 98 layers).
-  A scan needs one shape for every step, so each layer reads the buffer up to the group's
-  widest input, with its first BatchNorm and 1x1 convolution zero-padded to that width. The
-  padded channels hold zeros (maps not yet written); their BatchNorm output is 0 * ... + 0 = 0,
-  the ReLU keeps 0 and the zero weights add nothing, so outputs and gradients are those of the
-  unpadded layer and the real channels' statistics are unchanged. The parameters stay stored
-  per layer (weights convert unchanged): padded and stacked here, inside the forward pass; the
-  updated running statistics are sliced back to each layer's own width. The 3x3 convolution is
-  `conv3x3`, whose gradients XLA:CPU runs fast inside the scan.
 
-  Example:
+# Saving only the 1x1 convolution's output for the backward pass, not its input: inside a
+# scan every saved value is stacked over the layers (zero-filled, then written per step), and
+# the input is as wide as the buffer while the ReLU and mask that made it are cheap to redo.
+remat_masked_bottleneck = nnx.remat(masked_bottleneck, policy=jax.checkpoint_policies.dots_saveable)
 
-    >>> maps = scan_dense_layers([block.layer0, block.layer1], maps, remat=False)
+
+def write_layer(layer, maps, moments, *, width: int, offset, stacked: bool = False):
+  """One dense layer reading the first `width` channels of its block's buffer `maps`.
+
+  It writes its 32 maps at channel `offset` and, in training (`moments` given), their batch
+  `(mean, var)` into the block's moments vectors at the same place. `layer` is a `DenseLayer`,
+  or with `stacked` one layer of a `DenseLayerStack` inside its scan: then `offset` is traced,
+  the channels from `offset` on (which its zero-padded first BatchNorm and 1x1 convolution
+  read) are masked off after the ReLU, and the 3x3 convolution is `conv3x3`.
+
+  Returns:
+    `(maps, moments)` with the layer's maps (and moments) written.
   """
-  width = group[-1].bn1.num_features
-  graphdef, _ = nnx.split(group[-1])
-  states = [nnx.state(layer) for layer in group]
-  for state in states:
-    missing = width - state["bn1"]["scale"].shape[0]
+  statistics = None if moments is None else tuple(m[:width] for m in moments)
+  if stacked:
+    x = remat_masked_bottleneck(layer, maps[..., :width], statistics, offset)
+  else:
+    x = layer.conv1(jax.nn.relu(layer.bn1(maps[..., :width], statistics=statistics)))
+  x = jax.nn.relu(layer.bn2(x))
+  if stacked:
+    new_maps = conv3x3(x, layer.conv2.kernel.get_value().astype(x.dtype))
+  else:
+    new_maps = layer.conv2(x)
+  maps = jax.lax.dynamic_update_slice_in_dim(maps, new_maps, offset, axis=3)
+  if moments is not None:
+    moments = tuple(
+      jax.lax.dynamic_update_slice_in_dim(m, new, offset, axis=0)
+      for m, new in zip(moments, layers.moments(new_maps), strict=True)
+    )
+  return maps, moments
+
+
+class DenseLayerStack(layers.LayerStack):
+  """Consecutive dense layers of a block stored stacked and run as one `lax.scan`.
+
+  XLA compiles a scan's body once, so a stack of g layers costs the compile time of one. A scan
+  needs one shape for every step, so each layer's first BatchNorm and 1x1 convolution are
+  zero-padded to the widest input of the stack (`widths[-1]`), stored so (parameter paths
+  `denseB/layers{first}_{last}/...` with a leading axis of g), and the padded channels are
+  masked off after the first ReLU: the outputs, gradients and running statistics of the real
+  channels are those of separate layers (tested), and the padded entries get zero gradients.
+  Weights convert layer by layer (`layer_slots`). The 3x3 convolution is `conv3x3`, whose
+  gradients XLA:CPU runs fast inside a scan.
+  """
+
+  def __init__(self, widths, *, first: int, variant: str, dtype, remat: bool, rngs: KeyStream):
+    self.widths, self.first, self.remat = tuple(widths), first, remat
+    # Each layer is initialised at its own width (its own fan-in), then padded and stacked.
+    stacked = [DenseLayer(width, variant=variant, dtype=dtype, rngs=rngs) for width in widths]
+    states = [self._padded(nnx.state(layer)) for layer in stacked]
+    template = stacked[-1]
+    nnx.update(template, jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+    self.bn1, self.conv1, self.bn2, self.conv2 = (
+      template.bn1, template.conv1, template.bn2, template.conv2
+    )
+    # Parameter counts leave the padding out (`jaxvir.optim.parameter_count`).
+    padded_inputs = sum(widths[-1] - width for width in widths)
+    for variable in (self.bn1.scale, self.bn1.bias, self.bn1.mean, self.bn1.var):
+      variable.set_metadata(padding=padded_inputs)
+    self.conv1.kernel.set_metadata(padding=padded_inputs * BOTTLENECK_WIDTH)
+
+  def _padded(self, state: nnx.State) -> nnx.State:
+    missing = self.widths[-1] - state["bn1"]["scale"].shape[0]
     state["bn1"] = jax.tree.map(partial(jnp.pad, pad_width=(0, missing)), state["bn1"])
     pad_width = ((0, 0), (0, 0), (0, missing), (0, 0))
     state["conv1"] = jax.tree.map(partial(jnp.pad, pad_width=pad_width), state["conv1"])
-  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-  offsets = jnp.array([layer.bn1.num_features for layer in group], jnp.int32)
+    return state
 
-  def step(maps, state_and_offset):
-    state, offset = state_and_offset
-    layer = nnx.merge(graphdef, state)
-    x = layer.conv1(jax.nn.relu(layer.bn1(maps[..., :width])))
-    x = jax.nn.relu(layer.bn2(x))
-    new_maps = conv3x3(x, layer.conv2.kernel.get_value().astype(x.dtype))
-    maps = jax.lax.dynamic_update_slice_in_dim(maps, new_maps, offset, axis=3)
-    return maps, nnx.state(layer, nnx.BatchStat)
+  def layer_slots(self) -> dict[str, tuple[str, int, tuple[int, ...]]]:
+    slots = {}
+    for index, width in enumerate(self.widths):
+      name = f"layer{self.first + index}"
+      for path, shape in (
+        ("bn1/scale", (width,)), ("bn1/bias", (width,)), ("bn1/mean", (width,)),
+        ("bn1/var", (width,)), ("conv1/kernel", (1, 1, width, BOTTLENECK_WIDTH)),
+        ("bn2/scale", (BOTTLENECK_WIDTH,)), ("bn2/bias", (BOTTLENECK_WIDTH,)),
+        ("bn2/mean", (BOTTLENECK_WIDTH,)), ("bn2/var", (BOTTLENECK_WIDTH,)),
+        ("conv2/kernel", (3, 3, BOTTLENECK_WIDTH, GROWTH_RATE)),
+      ):
+        slots[f"{name}/{path}"] = (path, index, shape)
+    return slots
 
-  if remat:
-    step = jax.checkpoint(step)
-  maps, statistics = jax.lax.scan(step, maps, (stacked, offsets))
-  for index, layer in enumerate(group):
-    features = layer.bn1.num_features
-    for name, stat in (("bn1", "mean"), ("bn1", "var"), ("bn2", "mean"), ("bn2", "var")):
-      value = statistics[name][stat].get_value()[index]
-      getattr(getattr(layer, name), stat).set_value(value[:features] if name == "bn1" else value)
-  return maps
+  def __call__(self, maps: jax.Array, moments) -> tuple[jax.Array, tuple | None]:
+    """The stack's layers applied in turn to the block's buffer (see `write_layer`)."""
+    graphdef, state = nnx.split(self)
+    width = self.widths[-1]
+
+    def step(carry, layer_state_and_offset):
+      layer_state, offset = layer_state_and_offset
+      layer = nnx.merge(graphdef, layer_state)
+      carry = write_layer(layer, *carry, width=width, offset=offset, stacked=True)
+      return carry, nnx.state(layer, nnx.BatchStat)
+
+    if self.remat:
+      step = jax.checkpoint(step)
+    offsets = jnp.array(self.widths, jnp.int32)
+    (maps, moments), statistics = jax.lax.scan(step, (maps, moments), (state, offsets))
+    nnx.update(self, statistics)
+    return maps, moments
+
+
+class DenseBlock(nnx.Module):
+  """Dense layers; each adds 32 maps that all later layers read.
+
+  Layers are stored in groups of `group_size` consecutive layers: a group of one is a
+  `DenseLayer` (`layer{i}`), a longer one a `DenseLayerStack` (`layers{i}_{j}`).
+  """
+
+  def __init__(
+    self, in_features: int, *, num_layers: int, group_size: int, variant: str, dtype, remat, rngs
+  ):
+    self.num_layers = num_layers
+    self.remat = remat
+    names = []
+    for first in range(0, num_layers, group_size):
+      last = min(first + group_size, num_layers) - 1
+      widths = [in_features + index * GROWTH_RATE for index in range(first, last + 1)]
+      if len(widths) == 1:
+        name = f"layer{first}"
+        group = DenseLayer(widths[0], variant=variant, dtype=dtype, rngs=rngs)
+      else:
+        name = f"layers{first}_{last}"
+        group = DenseLayerStack(
+          widths, first=first, variant=variant, dtype=dtype, remat=remat, rngs=rngs
+        )
+      setattr(self, name, group)
+      names.append(name)
+    self.group_names = tuple(names)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1] + self.num_layers * GROWTH_RATE
+    maps = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, width - x.shape[-1])))
+    # In training every layer's first BatchNorm needs the batch moments of the maps it reads,
+    # which are written once and never change: computed once per map, not per layer. They are
+    # kept like the maps, in (mean, var) vectors of the block's final width.
+    moments = None
+    first = getattr(self, self.group_names[0])
+    if not first.bn1.use_running_average:
+      moments = tuple(jnp.pad(m, (0, width - x.shape[-1])) for m in layers.moments(x))
+    for name in self.group_names:
+      group = getattr(self, name)
+      if isinstance(group, DenseLayerStack):
+        maps, moments = group(maps, moments)
+      else:
+        filled = group.bn1.num_features
+
+        def write(layer, maps, moments):
+          return write_layer(layer, maps, moments, width=filled, offset=filled)  # noqa: B023
+
+        maps, moments = (nnx.remat(write) if self.remat else write)(group, maps, moments)
+    return maps
 
 
 class Transition(nnx.Module):
@@ -316,9 +391,10 @@ class DenseNet(layers.Staged):
     variant: str,
     dtype,
     remat: bool,
-    scan_group: int | None = None,
+    layer_groups: tuple[int, ...] | None = None,
     rngs: nnx.Rngs,
   ):
+    """`layer_groups`: layers per stored group in each block (`LAYER_GROUPS`; 1 = unstacked)."""
     check_variant(variant)
     self.variant = variant
     self.dtype = dtype
@@ -327,14 +403,17 @@ class DenseNet(layers.Staged):
     self.stem = Stem(variant=variant, dtype=dtype, rngs=rngs)
     features = STEM_FEATURES
     stage_names = ["stem"]
-    for index, num_layers in enumerate(block_layers, start=1):
+    layer_groups = LAYER_GROUPS if layer_groups is None else layer_groups
+    for index, (num_layers, group_size) in enumerate(
+      zip(block_layers, layer_groups, strict=True), start=1
+    ):
       block = DenseBlock(
         features,
         num_layers=num_layers,
+        group_size=group_size,
         variant=variant,
         dtype=dtype,
         remat=remat,
-        scan_group=scan_group,
         rngs=rngs,
       )
       setattr(self, f"dense{index}", block)
@@ -383,7 +462,6 @@ def _factory(arch: str):
     dtype=jnp.float32,
     variant: str = "torchvision",
     remat: bool = False,
-    scan_group: int | None = None,
   ) -> DenseNet:
     return DenseNet(
       block_layers=BLOCK_LAYERS[arch],
@@ -391,7 +469,6 @@ def _factory(arch: str):
       variant=variant,
       dtype=dtype,
       remat=remat,
-      scan_group=scan_group,
       rngs=rngs,
     )
 
@@ -403,9 +480,7 @@ def _factory(arch: str):
     rngs: random streams for initialisation.
     dtype: compute dtype (parameters and BatchNorm stay float32).
     variant: `"torchvision"` or `"keras"`: the weight source whose BatchNorm to follow.
-    remat: rematerialise each dense layer (concatenation included) in the backward pass.
-    scan_group: run each dense block as scans over groups of this many consecutive layers
-      (`scan_dense_layers`: a smaller program, compiled faster); None: every layer inlined.
+    remat: rematerialise each dense layer from its block's buffer in the backward pass.
 
   Returns:
     A `DenseNet` in training mode; call `model.eval()` for inference.

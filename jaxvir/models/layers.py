@@ -396,6 +396,21 @@ remat_call_block = nnx.remat(call_block)
 cached_call_block = nnx.jit(call_block)
 
 
+class LayerStack(nnx.Module):
+  """Consecutive layers of one structure whose variables are stored stacked on a leading axis,
+  each layer's zero-padded to the stack's shape (`jaxvir.models.densenet.DenseLayerStack`).
+
+  Weight conversion fills them layer by layer: `layer_slots()` gives, for each variable of each
+  layer, its path as an unstacked model would name it (relative to the stack's parent module),
+  the stack variable's path relative to the stack, the layer's index and its unpadded shape.
+  `jaxvir.models.weights.model_targets` lists the layers' own paths and shapes and
+  `stack_layers` places converted tensors into the stacks.
+  """
+
+  def layer_slots(self) -> dict[str, tuple[str, int, tuple[int, ...]]]:
+    raise NotImplementedError(f"{type(self).__name__} does not implement layer_slots")
+
+
 class Staged(nnx.Module):
   """Base of backbones that run as a sequence of named stages.
 

@@ -20,6 +20,9 @@ from jaxvir.models.weights.conversion import (  # noqa: F401
   STATE_DIR,
   convert,
   model_targets,
+  set_weights,
+  stack_layers,
+  stacked_layer_paths,
 )
 from jaxvir.models.weights.readers import WeightsError, read_weights  # noqa: F401
 from jaxvir.models.weights.rules import ConversionError, Rule, RuleTable, apply_rules  # noqa: F401

@@ -14,10 +14,11 @@ import json
 import pathlib
 from collections.abc import Mapping
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvir.models import registry
+from jaxvir.models import layers, registry
 from jaxvir.models.weights.readers import read_weights
 from jaxvir.models.weights.rules import ConversionError, apply_rules, rename_tensors
 from jaxvir.models.weights.tables import SOURCES, rule_table
@@ -28,9 +29,30 @@ STATE_DIR = "state"
 CONVERTED = (nnx.Param, nnx.BatchStat)
 
 
+def stacked_layer_paths(model: nnx.Module) -> dict[str, tuple[str, int, tuple[int, ...]]]:
+  """`{layer path: (stack path, index, layer shape)}` for the layers of every `LayerStack`.
+
+  Example:
+
+    >>> stacked_layer_paths(densenet201)["dense3/layer2/conv1/kernel"]
+    ('dense3/layers0_7/conv1/kernel', 2, (1, 1, 320, 128))
+  """
+  slots = {}
+  for path, module in nnx.iter_modules(model):
+    if isinstance(module, layers.LayerStack):
+      stack, parent = "/".join(map(str, path)), "/".join(map(str, path[:-1]))
+      for name, (stored, index, shape) in module.layer_slots().items():
+        slots[f"{parent}/{name}" if parent else name] = (f"{stack}/{stored}", index, shape)
+  return slots
+
+
 def model_targets(model: nnx.Module) -> tuple[dict[str, tuple[int, ...]], int]:
   """Shapes of a model's parameters and BatchNorm statistics by `/`-joined path, and its number
   of parameters. Works on abstract models from `nnx.eval_shape` (nothing is allocated).
+
+  Layers stored stacked (`jaxvir.models.layers.LayerStack`) are listed layer by layer, by the
+  paths and unpadded shapes of an unstacked model, which the rule tables fill; their padding
+  is not counted. `stack_layers` then stacks the filled tensors as the model stores them.
 
   Example:
 
@@ -38,13 +60,53 @@ def model_targets(model: nnx.Module) -> tuple[dict[str, tuple[int, ...]], int]:
     >>> model_targets(model)[1]
     25557032
   """
-  shapes, param_count = {}, 0
+  slots = stacked_layer_paths(model)
+  stacked = {stored for stored, _, _ in slots.values()}
+  shapes, is_param = {}, {}
   for path, variable in nnx.to_flat_state(nnx.state(model, CONVERTED)):
-    shape = tuple(variable.get_value().shape)
-    shapes["/".join(map(str, path))] = shape
-    if isinstance(variable, nnx.Param):
-      param_count += int(np.prod(shape))
+    path = "/".join(map(str, path))
+    is_param[path] = isinstance(variable, nnx.Param)
+    if path not in stacked:
+      shapes[path] = tuple(variable.get_value().shape)
+  for path, (stored, _, shape) in slots.items():
+    shapes[path], is_param[path] = shape, is_param[stored]
+  param_count = sum(int(np.prod(shape)) for path, shape in shapes.items() if is_param[path])
   return shapes, param_count
+
+
+def stack_layers(model: nnx.Module, filled: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`filled` (by the paths of `model_targets`) by the model's own paths: the tensors of stacked
+  layers placed into their zero-padded stacks, the rest unchanged.
+
+  Example:
+
+    >>> flat = stack_layers(model, apply_rules(tensors, rules, targets=model_targets(model)[0]))
+  """
+  slots = stacked_layer_paths(model)
+  stored_shapes = {
+    "/".join(map(str, path)): variable.get_value().shape
+    for path, variable in nnx.to_flat_state(nnx.state(model, CONVERTED))
+  }
+  flat = {path: array for path, array in filled.items() if path not in slots}
+  for path, (stored, index, shape) in slots.items():
+    stack = flat.setdefault(stored, np.zeros(stored_shapes[stored], np.float32))
+    stack[(index, *(slice(0, size) for size in shape))] = filled[path]
+  return flat
+
+
+def set_weights(model: nnx.Module, filled: Mapping[str, np.ndarray]) -> None:
+  """Sets every parameter and BatchNorm statistic of `model` (abstract ones too) from `filled`,
+  keyed by the paths of `model_targets` (as `apply_rules` returns them).
+
+  Example:
+
+    >>> set_weights(model, apply_rules(tensors, rules, targets=model_targets(model)[0]))
+  """
+  flat = stack_layers(model, filled)
+  state = nnx.state(model, CONVERTED)
+  for path, variable in nnx.to_flat_state(state):
+    variable.set_value(jnp.asarray(flat["/".join(map(str, path))]))
+  nnx.update(model, state)
 
 
 def convert(
@@ -95,7 +157,7 @@ def convert(
   targets, param_count = model_targets(model)
   unconverted = [] if has_top else sorted(rule.target for rule in table.top)
   targets = {path: shape for path, shape in targets.items() if path not in unconverted}
-  filled = apply_rules(tensors, rules, targets=targets, ignore=table.ignore)
+  filled = stack_layers(model, apply_rules(tensors, rules, targets=targets, ignore=table.ignore))
 
   # Orbax takes seconds to import: only a conversion that gets this far needs it.
   import orbax.checkpoint as ocp
