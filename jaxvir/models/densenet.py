@@ -144,9 +144,10 @@ class DenseLayer(nnx.Module):
       BOTTLENECK_WIDTH, GROWTH_RATE, 3, padding=1, use_bias=False, dtype=dtype, rngs=rngs
     )
 
-  def __call__(self, x: jax.Array, *, statistics=None) -> jax.Array:
-    """`statistics`: the batch `(mean, var)` of `x` for `bn1` in training (None: its own)."""
-    x = self.conv1(jax.nn.relu(self.bn1(x, statistics=statistics)))
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """The layer on its whole input `x`: the plain form, which blocks compute as `write_layer`
+    from their buffer (the tests' reference)."""
+    x = self.conv1(jax.nn.relu(self.bn1(x)))
     return self.conv2(jax.nn.relu(self.bn2(x)))
 
 
