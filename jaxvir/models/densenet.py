@@ -53,7 +53,6 @@ Example:
   >>> logits = model(model.preprocess(images_uint8))
 """
 
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -145,10 +144,15 @@ class DenseLayer(nnx.Module):
     )
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    """The layer on its whole input `x`: the plain form, which blocks compute as `write_layer`
-    from their buffer (the tests' reference)."""
+    """The layer on its whole input `x`: the plain form, which blocks compute as `write` from
+    their buffer (the tests' reference)."""
     x = self.conv1(jax.nn.relu(self.bn1(x)))
     return self.conv2(jax.nn.relu(self.bn2(x)))
+
+  def write(self, maps: jax.Array, moments) -> tuple[jax.Array, tuple | None]:
+    """The layer on its block's buffer (see `write_layer`)."""
+    width = self.bn1.num_features
+    return write_layer(self, maps, moments, width=width, offset=width)
 
 
 @jax.custom_vjp
@@ -244,48 +248,22 @@ class DenseLayerStack(layers.LayerStack):
   `denseB/layers{first}_{last}/...` with a leading axis of g), and the padded channels are
   masked off after the first ReLU: the outputs, gradients and running statistics of the real
   channels are those of separate layers (tested), and the padded entries get zero gradients.
-  Weights convert layer by layer (`layer_slots`). The 3x3 convolution is `conv3x3`, whose
-  gradients XLA:CPU runs fast inside a scan.
+  Weights convert layer by layer (`layers.LayerStack`). The 3x3 convolution is `conv3x3`,
+  whose gradients XLA:CPU runs fast inside a scan.
   """
 
   def __init__(self, widths, *, first: int, variant: str, dtype, remat: bool, rngs: KeyStream):
-    self.widths, self.first, self.remat = tuple(widths), first, remat
+    self.widths, self.remat = tuple(widths), remat
     # Each layer is initialised at its own width (its own fan-in), then padded and stacked.
-    stacked = [DenseLayer(width, variant=variant, dtype=dtype, rngs=rngs) for width in widths]
-    states = [self._padded(nnx.state(layer)) for layer in stacked]
-    template = stacked[-1]
-    nnx.update(template, jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+    template = self.stack(
+      [DenseLayer(width, variant=variant, dtype=dtype, rngs=rngs) for width in widths],
+      names=[f"layer{first + index}" for index in range(len(widths))],
+    )
     self.bn1, self.conv1, self.bn2, self.conv2 = (
       template.bn1, template.conv1, template.bn2, template.conv2
     )
-    # Parameter counts leave the padding out (`jaxvir.optim.parameter_count`).
-    padded_inputs = sum(widths[-1] - width for width in widths)
-    for variable in (self.bn1.scale, self.bn1.bias, self.bn1.mean, self.bn1.var):
-      variable.set_metadata(padding=padded_inputs)
-    self.conv1.kernel.set_metadata(padding=padded_inputs * BOTTLENECK_WIDTH)
 
-  def _padded(self, state: nnx.State) -> nnx.State:
-    missing = self.widths[-1] - state["bn1"]["scale"].shape[0]
-    state["bn1"] = jax.tree.map(partial(jnp.pad, pad_width=(0, missing)), state["bn1"])
-    pad_width = ((0, 0), (0, 0), (0, missing), (0, 0))
-    state["conv1"] = jax.tree.map(partial(jnp.pad, pad_width=pad_width), state["conv1"])
-    return state
-
-  def layer_slots(self) -> dict[str, tuple[str, int, tuple[int, ...]]]:
-    slots = {}
-    for index, width in enumerate(self.widths):
-      name = f"layer{self.first + index}"
-      for path, shape in (
-        ("bn1/scale", (width,)), ("bn1/bias", (width,)), ("bn1/mean", (width,)),
-        ("bn1/var", (width,)), ("conv1/kernel", (1, 1, width, BOTTLENECK_WIDTH)),
-        ("bn2/scale", (BOTTLENECK_WIDTH,)), ("bn2/bias", (BOTTLENECK_WIDTH,)),
-        ("bn2/mean", (BOTTLENECK_WIDTH,)), ("bn2/var", (BOTTLENECK_WIDTH,)),
-        ("conv2/kernel", (3, 3, BOTTLENECK_WIDTH, GROWTH_RATE)),
-      ):
-        slots[f"{name}/{path}"] = (path, index, shape)
-    return slots
-
-  def __call__(self, maps: jax.Array, moments) -> tuple[jax.Array, tuple | None]:
+  def write(self, maps: jax.Array, moments) -> tuple[jax.Array, tuple | None]:
     """The stack's layers applied in turn to the block's buffer (see `write_layer`)."""
     graphdef, state = nnx.split(self)
     width = self.widths[-1]
@@ -344,16 +322,18 @@ class DenseBlock(nnx.Module):
       moments = tuple(jnp.pad(m, (0, width - x.shape[-1])) for m in layers.moments(x))
     for name in self.group_names:
       group = getattr(self, name)
-      if isinstance(group, DenseLayerStack):
-        maps, moments = group(maps, moments)
-      else:
-        filled = group.bn1.num_features
-
-        def write(layer, maps, moments):
-          return write_layer(layer, maps, moments, width=filled, offset=filled)  # noqa: B023
-
-        maps, moments = (nnx.remat(write) if self.remat else write)(group, maps, moments)
+      # A stack rematerialises its own steps.
+      remat = self.remat and isinstance(group, DenseLayer)
+      maps, moments = (remat_write_group if remat else write_group)(group, maps, moments)
     return maps
+
+
+def write_group(group: DenseLayer | DenseLayerStack, maps: jax.Array, moments):
+  """`group.write(maps, moments)`, as a function that `nnx.remat` can wrap."""
+  return group.write(maps, moments)
+
+
+remat_write_group = nnx.remat(write_group)
 
 
 class Transition(nnx.Module):

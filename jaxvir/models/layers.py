@@ -398,17 +398,52 @@ cached_call_block = nnx.jit(call_block)
 
 class LayerStack(nnx.Module):
   """Consecutive layers of one structure whose variables are stored stacked on a leading axis,
-  each layer's zero-padded to the stack's shape (`jaxvir.models.densenet.DenseLayerStack`).
+  each layer's zero-padded to the last layer's shapes (`jaxvir.models.densenet.DenseLayerStack`).
 
-  Weight conversion fills them layer by layer: `layer_slots()` gives, for each variable of each
-  layer, its path as an unstacked model would name it (relative to the stack's parent module),
-  the stack variable's path relative to the stack, the layer's index and its unpadded shape.
-  `jaxvir.models.weights.model_targets` lists the layers' own paths and shapes and
-  `stack_layers` places converted tensors into the stacks.
+  A subclass builds its layers and hands them to `stack`, which keeps each layer's name and
+  unpadded shapes: weight conversion fills the stack layer by layer from them (`layer_slots`,
+  read by `jaxvir.models.weights.model_targets` and `stack_layers`), and each stacked variable's
+  `padding` metadata (its zero entries) keeps parameter counts to the layers' own
+  (`jaxvir.optim.parameter_count`).
   """
 
+  def stack(self, modules: list[nnx.Module], *, names: list[str]) -> nnx.Module:
+    """The last of `modules` with every variable holding all modules' values, zero-padded at
+    the end of each axis to the last module's shape and stacked; `names` name the layers.
+
+    Example:
+
+      >>> template = self.stack(layers, names=["layer8", "layer9"])
+      >>> self.conv = template.conv
+    """
+    states = [nnx.state(module) for module in modules]
+    last = states[-1]
+    self.layer_shapes = tuple(
+      (name, tuple(("/".join(map(str, path)), tuple(v.get_value().shape))
+                   for path, v in nnx.to_flat_state(state)))
+      for name, state in zip(names, states, strict=True)
+    )
+
+    def padded(leaf, target):
+      return jnp.pad(leaf, [(0, t - n) for n, t in zip(leaf.shape, target.shape, strict=True)])
+
+    states = [jax.tree.map(padded, state, last) for state in states]
+    template = modules[-1]
+    nnx.update(template, jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+    for path, variable in nnx.to_flat_state(nnx.state(template)):
+      path = "/".join(map(str, path))
+      used = sum(math.prod(dict(shapes)[path]) for _, shapes in self.layer_shapes)
+      if variable.get_value().size > used:
+        variable.set_metadata(padding=variable.get_value().size - used)
+    return template
+
   def layer_slots(self) -> dict[str, tuple[str, int, tuple[int, ...]]]:
-    raise NotImplementedError(f"{type(self).__name__} does not implement layer_slots")
+    """`{layer name/variable path: (variable path, stack index, layer shape)}`."""
+    return {
+      f"{name}/{path}": (path, index, shape)
+      for index, (name, shapes) in enumerate(self.layer_shapes)
+      for path, shape in shapes
+    }
 
 
 class Staged(nnx.Module):
